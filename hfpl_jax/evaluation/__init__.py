@@ -1,0 +1,1 @@
+"""mIoU with background-threshold sweep and contour F-score (later issues)."""

@@ -1,0 +1,1 @@
+"""Multi-scale CAM inference, dense CRF and random-walk propagation (later issues)."""
