@@ -1,0 +1,181 @@
+"""Image operations with PyTorch's exact semantics: bilinear resize and input normalisation.
+
+``resize_bilinear`` reproduces ``torch.nn.functional.interpolate(mode="bilinear")`` for both
+``align_corners`` settings, for upsampling and downsampling. It never antialiases (PyTorch does not,
+while ``jax.image.resize`` does when downscaling, and uses half-pixel centres only), so
+``jax.image.resize`` must not be used where the reference calls ``F.interpolate``.
+
+Source coordinate of destination index ``i`` along an axis of input size ``n_in`` and output size
+``n_out`` (PyTorch ``area_pixel_compute_source_index``, computed in float32 as PyTorch does for
+float32 tensors):
+
+- ``align_corners=True``:  ``s = i * (n_in - 1) / (n_out - 1)`` (``s = 0`` when ``n_out == 1``);
+- ``align_corners=False``: ``s = max((i + 0.5) * r - 0.5, 0)`` with ``r = n_in / n_out``, or
+  ``r = 1 / scale_factor`` when a scale factor is given (PyTorch's default
+  ``recompute_scale_factor=None``).
+
+Then ``i0 = floor(s)``, ``i1 = min(i0 + 1, n_in - 1)``, ``w1 = s - i0``, ``w0 = 1 - w1`` and
+the output is ``w0 * x[i0] + w1 * x[i1]``, applied separably along H and then W. Because ``s`` is
+clamped below at 0 and ``i1`` above at ``n_in - 1``, the border is replicated.
+
+``normalize_image`` maps uint8 RGB to the reference's normalised float32 input exactly: the
+reference (``network/resnet38d.Normalize``) computes ``(x / 255 - mean) / std`` in float64 and
+casts once to float32, which a per-channel 256-entry float32 table reproduces bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def scaled_size(n: int, scale: float) -> int:
+    """Output length of ``F.interpolate(scale_factor=scale)`` on an axis of length ``n``.
+
+    PyTorch computes ``floor(n * scale)`` in double precision (448 * 0.3 -> 134).
+    """
+    if n < 1:
+        raise ValueError(f"scaled_size: n must be >= 1, found {n}")
+    if not scale > 0:
+        raise ValueError(f"scaled_size: scale must be > 0, found {scale}")
+    return int(math.floor(float(n) * float(scale)))
+
+
+def source_indices_and_weights(
+    n_in: int, n_out: int, *, align_corners: bool, scale_factor: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Gather indices and weights of 1-D linear interpolation, PyTorch semantics.
+
+    Returns ``(i0, i1, w0, w1)``, each of shape ``(n_out,)``: ``out[i] = w0[i] * x[i0[i]] +
+    w1[i] * x[i1[i]]``. Indices are int32; weights float32, computed in float32 like PyTorch's CPU
+    and CUDA kernels for float32 tensors (see the module docstring for the coordinate map).
+    """
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"resize: sizes must be >= 1, found input {n_in} and output {n_out}")
+    f32 = np.float32
+    if n_in == n_out:
+        # PyTorch copies the input whenever the sizes agree, even for a scale factor != 1.
+        index = np.arange(n_out, dtype=np.int32)
+        return index, index, np.ones(n_out, f32), np.zeros(n_out, f32)
+    dst = np.arange(n_out, dtype=f32)
+    if align_corners:
+        scale = f32(n_in - 1) / f32(n_out - 1) if n_out > 1 else f32(0.0)
+        src = (scale * dst).astype(f32)
+    else:
+        if scale_factor is not None and scale_factor > 0:
+            scale = f32(1.0 / float(scale_factor))
+        else:
+            scale = f32(n_in) / f32(n_out)
+        src = (scale * (dst + f32(0.5)) - f32(0.5)).astype(f32)
+        src = np.maximum(src, f32(0.0))
+    i0 = src.astype(np.int64)  # truncation == floor because src >= 0
+    i0 = np.minimum(i0, n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = np.clip(src - i0.astype(f32), f32(0.0), f32(1.0)).astype(f32)
+    w0 = (f32(1.0) - w1).astype(f32)
+    return i0.astype(np.int32), i1.astype(np.int32), w0, w1
+
+
+def _interpolate_axis(x, axis: int, n_out: int, align_corners: bool, scale_factor: float | None):
+    n_in = x.shape[axis]
+    if n_in == n_out:
+        # PyTorch copies the input whenever the sizes agree, even for a scale factor != 1.
+        return x
+    i0, i1, w0, w1 = source_indices_and_weights(
+        n_in, n_out, align_corners=align_corners, scale_factor=scale_factor
+    )
+    shape = [1] * x.ndim
+    shape[axis] = n_out
+    w0 = jnp.asarray(w0, dtype=x.dtype).reshape(shape)
+    w1 = jnp.asarray(w1, dtype=x.dtype).reshape(shape)
+    x0 = jnp.take(x, jnp.asarray(i0), axis=axis)
+    x1 = jnp.take(x, jnp.asarray(i1), axis=axis)
+    return w0 * x0 + w1 * x1
+
+
+def resize_bilinear(
+    x,
+    size: Sequence[int] | None = None,
+    *,
+    align_corners: bool,
+    scale_factor: float | Sequence[float] | None = None,
+):
+    """Bilinear resize with ``torch.nn.functional.interpolate(mode="bilinear")`` semantics.
+
+    Args:
+      x: ``(N, H, W, C)`` or ``(H, W, C)`` floating array (jax or NumPy).
+      size: ``(h_out, w_out)``. Give either ``size`` or ``scale_factor``.
+      align_corners: PyTorch's flag (required: the reference uses both settings).
+      scale_factor: a float or ``(s_h, s_w)``; the output size is ``floor(n * s)`` and, with
+        ``align_corners=False``, the coordinate ratio is ``1 / s`` (PyTorch's default
+        ``recompute_scale_factor=None``).
+
+    Returns:
+      The resized array, ``(N, h_out, w_out, C)`` or ``(h_out, w_out, C)``, same dtype. See the
+      module docstring for the equation. Differentiable (a gather and a weighted sum).
+    """
+    if x.ndim not in (3, 4):
+        raise ValueError(f"resize_bilinear: x must be (N,H,W,C) or (H,W,C), found shape {x.shape}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"resize_bilinear: x must be floating point, found dtype {x.dtype}")
+    h_axis = x.ndim - 3
+    h_in, w_in = x.shape[h_axis], x.shape[h_axis + 1]
+    if (size is None) == (scale_factor is None):
+        raise ValueError("resize_bilinear: give exactly one of size and scale_factor")
+    if scale_factor is not None:
+        if isinstance(scale_factor, int | float):
+            scales = (float(scale_factor), float(scale_factor))
+        else:
+            scales = tuple(float(s) for s in scale_factor)
+            if len(scales) != 2:
+                raise ValueError(
+                    f"resize_bilinear: scale_factor must be a float or (s_h, s_w), "
+                    f"found {scale_factor}"
+                )
+        size = (scaled_size(h_in, scales[0]), scaled_size(w_in, scales[1]))
+    else:
+        scales = (None, None)
+        size = tuple(int(s) for s in size)
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"resize_bilinear: size must be (h_out, w_out) >= 1, found {size}")
+    x = _interpolate_axis(x, h_axis, size[0], align_corners, scales[0])
+    x = _interpolate_axis(x, h_axis + 1, size[1], align_corners, scales[1])
+    return x
+
+
+def normalization_table(
+    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> np.ndarray:
+    """``(256, 3)`` float32 table ``T[v, c] = float32((v / 255 - mean_c) / std_c)`` (in float64)."""
+    levels = np.arange(256, dtype=np.float64)[:, None]
+    table = (levels / 255.0 - np.asarray(mean, np.float64)) / np.asarray(std, np.float64)
+    return table.astype(np.float32)
+
+
+_TABLE = normalization_table()
+
+
+def normalize_image(image):
+    """Normalise uint8 RGB images like the reference's ``Normalize`` (float64 math, one cast).
+
+    Args:
+      image: ``(..., 3)`` uint8 array, NumPy (host pipelines; returns NumPy) or jax (returns jax).
+
+    Returns:
+      float32 ``(..., 3)``: ``out[..., c] = float32((x / 255 - mean_c) / std_c)`` with ImageNet
+      mean and std, identical bit for bit to the reference.
+    """
+    if image.shape[-1] != 3:
+        raise ValueError(f"normalize_image: expected (..., 3) RGB, found shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"normalize_image: expected uint8, found dtype {image.dtype}")
+    channel = np.arange(3)
+    if isinstance(image, np.ndarray):
+        return _TABLE[image.astype(np.intp), channel]
+    return jnp.asarray(_TABLE)[image.astype(jnp.int32), channel]
