@@ -1,0 +1,131 @@
+"""The CAM-training config schema: every field, with the reference's values as defaults.
+
+Experiment files under ``configs/`` start from :func:`base_config` and change what differs, so the
+schema (and the meaning of every field) lives in one place. The defaults are the reference's
+``train_cam_voc.py`` settings (spec §3.1), SEAM + ISL + FSL on VOC 2012 ``train_aug``.
+
+Fields
+------
+``seed``                       base RNG seed (model init, data order, dropout, ISL sampling).
+``input.*``                    passed to ``hfpl_jax.data.input_pipeline.make_cam_train_iterator``.
+``input.num_train_examples``   size of the training split for ``max_step``; None: read it from the
+                               dataset.
+``model.arch``                 "seam" (two outputs + PCM) or any CAM architecture of
+                               ``hfpl_jax.models.build`` ("resnet50_cam").
+``model.width/blocks``         model size (tiny test models); 1.0/None is the reference's size.
+``model.compute_dtype``        "float32" or "bfloat16" activations; parameters stay float32 and the
+                               losses are computed in float32.
+``model.init_weights``         ImageNet weights: an MXNet ``.params`` file, a ``.pth`` state dict
+                               or a converted ``.npz``; "" starts from random initialisation.
+``loss.seam``                  True: the two SEAM branches with ER, ECR and min-pooling (§3.4–3.6);
+                               False: one branch, classification (+ ISL, FSL) only.
+``loss.scale_factor``          the second branch's downscale (0.3).
+``loss.gap_source``            "cam": GAP over the AC-upsampled CAM (SEAM); "logits": over the
+                               network-resolution logits (== classifier(GAP(features)) for a 1×1
+                               bias-free classifier, the plain CAM baseline).
+``loss.isl_weight``            the reference's ``loss_weight`` w: branch 1's classification term is
+                               (1−w)·GAP + w·ISL; 0 skips ISL, 1 uses ISL alone.
+``loss.isl_num_samples/posterior``  ISL samples per (image, class); "binomial" (HFPL) or
+                               "multinomial" (the predecessor, Appendix C).
+``loss.fsl``, ``loss.fsl_weight``   FSL toggle and weight (VOC 1.0, COCO 0.2); ``fsl_mu``,
+                               ``fsl_sigma``, ``fsl_px``, ``fsl_py``, ``fsl_method`` as in §3.5(f).
+``loss.min_pool_weight``       weight of the adaptive min-pooling term inside ``loss_cls`` (1).
+``loss.er_weight``, ``loss.ecr_weight``   weights of ER and ECR (1, 1); 0 removes the term.
+``loss.ecr_top_fraction``      ECR's top-k fraction (0.2).
+``optim.*``                    see ``hfpl_jax.train.optimizers.make_optimizer``.
+``train.num_epochs``           max_step = floor(num_train_examples / global_batch) · num_epochs.
+``train.num_steps``            overrides max_step when set.
+``train.log_every_steps``      scalars to TensorBoard / metrics.jsonl (means since the last log).
+``train.image_every_steps``    CAM overlays to TensorBoard (0 disables).
+``checkpoint.every_steps/keep``  save every N steps and at the end; keep the newest K.
+``mesh.num_devices``           devices in the data-parallel mesh; None: all devices.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+# Parameter groups of the SEAM network (spec §1.9, §2.1): conv1a and b2* are frozen, every BN
+# parameter is frozen (BN runs in eval mode), and the four head convs train at 10x (biases, none of
+# which exist in SEAM, would get 2x/20x and no decay, like the reference's groups 1 and 3).
+SEAM_FROM_SCRATCH = r"^(fc8|f8_3|f8_4|f9)/"
+SEAM_FROZEN = (r"^(conv1a|b2|b2_1|b2_2)/", r"(^|/)bn[^/]*/")
+SEAM_LR_MULTS = (
+    (SEAM_FROM_SCRATCH + r"(.*/)?bias$", 20.0),
+    (SEAM_FROM_SCRATCH, 10.0),
+    (r"(^|/)bias$", 2.0),
+)
+BIAS_NO_DECAY = ((r"(^|/)bias$", 0.0),)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The reference's VOC SEAM + HFPL CAM-training settings (spec §3.1), unlocked."""
+    config = ml_collections.ConfigDict()
+    config.seed = 1
+
+    config.input = ml_collections.ConfigDict()
+    config.input.dataset = "voc2012_wsss"
+    config.input.data_dir = config_dict.placeholder(str)
+    config.input.split = "train_aug"
+    config.input.global_batch_size = 8
+    config.input.crop_size = 448
+    config.input.resize_long = (448, 768)
+    config.input.hflip = True
+    config.input.color_jitter = (0.3, 0.3, 0.3, 0.1)
+    config.input.shuffle = True
+    config.input.worker_count = 0
+    config.input.num_train_examples = config_dict.placeholder(int)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.arch = "seam"
+    config.model.width = 1.0
+    config.model.blocks = config_dict.placeholder(tuple)
+    config.model.compute_dtype = "float32"
+    config.model.init_weights = ""
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.seam = True
+    config.loss.scale_factor = 0.3
+    config.loss.gap_source = "cam"
+    config.loss.isl_weight = 0.2
+    config.loss.isl_num_samples = 10
+    config.loss.isl_posterior = "binomial"
+    config.loss.fsl = True
+    config.loss.fsl_weight = 1.0
+    config.loss.fsl_mu = 2.5
+    config.loss.fsl_sigma = 5.0
+    config.loss.fsl_px = 1.0
+    config.loss.fsl_py = 2.0
+    config.loss.fsl_method = "exact"
+    config.loss.min_pool_weight = 1.0
+    config.loss.er_weight = 1.0
+    config.loss.ecr_weight = 1.0
+    config.loss.ecr_top_fraction = 0.2
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.name = "sgd"
+    config.optim.lr = 0.01
+    config.optim.weight_decay = 5e-4
+    config.optim.momentum = 0.9
+    # PolyOptimizer passes weight_decay into SGD's momentum slot: momentum = 5e-4 (spec §1.9).
+    config.optim.reference_momentum_bug = True
+    config.optim.schedule = "poly"
+    config.optim.poly_power = 0.9
+    config.optim.lr_mults = SEAM_LR_MULTS
+    config.optim.wd_mults = BIAS_NO_DECAY
+    config.optim.frozen = SEAM_FROZEN
+
+    config.train = ml_collections.ConfigDict()
+    config.train.num_epochs = 8
+    config.train.num_steps = config_dict.placeholder(int)
+    config.train.log_every_steps = 50
+    config.train.image_every_steps = 500
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every_steps = 1000
+    config.checkpoint.keep = 3
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.num_devices = config_dict.placeholder(int)
+    return config
