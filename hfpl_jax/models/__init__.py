@@ -1,0 +1,185 @@
+"""Flax Linen models of the HFPL pipeline; ``build(arch, num_classes, ...)`` is the one way in.
+
+| arch             | module          | outputs (NHWC)                                          |
+|------------------|-----------------|---------------------------------------------------------|
+| seam             | SEAM            | cam, cam_rv (N,H,W,K+1); logits (N,h,w,K+1) at OS 8     |
+| affinity         | AffinityNet     | features (N,h,w,448), affinity (N,34,P) at OS 8         |
+| deeplab_largefov | DeepLabLargeFOV | logits (N,H,W,K+1)                                      |
+| resnet50_cam     | ResNet50CAM     | cam (N,H,W,K+1); logits (N,h,w,K+1) at OS 16            |
+
+``K = num_classes`` foreground classes; channel 0 is the background channel. Call
+``module.apply(variables, images, train=..., rngs={"dropout": key})``, adding
+``mutable=["batch_stats"]`` when ``batch_norm == "batch"`` and ``train``. Variables are
+``{"params": ..., "batch_stats": ...}`` with paths mirroring the PyTorch state-dict names.
+
+Parameter groups (``param_labels``) mirror the reference's ``get_parameter_groups`` after
+``Net.train()``: ``frozen`` (no update, no weight decay), ``weight`` (lr x1, decay), ``bias``
+(lr x2, no decay), ``scratch_weight`` (lr x10, decay) and ``scratch_bias`` (lr x20, no decay).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hfpl_jax.models import affinity, deeplab, resnet50_cam, seam
+from hfpl_jax.models.affinity import AffinityNet
+from hfpl_jax.models.deeplab import DeepLabLargeFOV
+from hfpl_jax.models.layers import check_batch_norm_mode
+from hfpl_jax.models.resnet38 import ResNet38
+from hfpl_jax.models.resnet50_cam import ResNet50CAM
+from hfpl_jax.models.seam import SEAM
+
+ARCHS = ("seam", "affinity", "deeplab_largefov", "resnet50_cam")
+
+_MODULES = {
+    "seam": SEAM,
+    "affinity": AffinityNet,
+    "deeplab_largefov": DeepLabLargeFOV,
+    "resnet50_cam": ResNet50CAM,
+}
+# Reference defaults per stage: BN mode, and BN momentum in Flax convention (1 - PyTorch's).
+_DEFAULT_BATCH_NORM = {
+    "seam": "frozen",
+    "affinity": "frozen",
+    "deeplab_largefov": "batch",
+    "resnet50_cam": "frozen",
+}
+_DEFAULT_BN_MOMENTUM = {
+    "seam": 0.9,
+    "affinity": 0.9,
+    "deeplab_largefov": deeplab.BN_MOMENTUM,
+    "resnet50_cam": 0.9,
+}
+FROM_SCRATCH_PATTERNS = {
+    "seam": seam.FROM_SCRATCH_PATTERNS,
+    "affinity": affinity.FROM_SCRATCH_PATTERNS,
+    "deeplab_largefov": deeplab.FROM_SCRATCH_PATTERNS,
+    "resnet50_cam": resnet50_cam.FROM_SCRATCH_PATTERNS,
+}
+NOT_TRAINING_PATTERNS = {
+    "seam": seam.NOT_TRAINING_PATTERNS,
+    "affinity": affinity.NOT_TRAINING_PATTERNS,
+    "deeplab_largefov": deeplab.NOT_TRAINING_PATTERNS,
+    "resnet50_cam": resnet50_cam.NOT_TRAINING_PATTERNS,
+}
+LR_MULTIPLIERS = {"weight": 1.0, "bias": 2.0, "scratch_weight": 10.0, "scratch_bias": 20.0,
+                  "frozen": 0.0}  # fmt: skip
+WEIGHT_DECAY = {"weight": True, "bias": False, "scratch_weight": True, "scratch_bias": False,
+                "frozen": False}  # fmt: skip
+
+__all__ = [
+    "ARCHS",
+    "AffinityNet",
+    "DeepLabLargeFOV",
+    "FROM_SCRATCH_PATTERNS",
+    "LR_MULTIPLIERS",
+    "NOT_TRAINING_PATTERNS",
+    "ResNet38",
+    "ResNet50CAM",
+    "SEAM",
+    "WEIGHT_DECAY",
+    "build",
+    "check_arch",
+    "init_variables",
+    "param_label",
+    "param_labels",
+]
+
+
+def check_arch(arch: str) -> None:
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, found {arch!r}")
+
+
+def build(
+    arch: str,
+    num_classes: int,
+    *,
+    width: float = 1.0,
+    blocks: Sequence[int] | None = None,
+    dtype: Any = jnp.float32,
+    batch_norm: str | None = None,
+    bn_momentum: float | None = None,
+) -> nn.Module:
+    """Build a model.
+
+    Args:
+      arch: one of ``ARCHS``.
+      num_classes: foreground classes K (outputs carry K + 1 channels; unused by ``affinity``).
+      width: channel multiplier (1.0 = the reference; 0.125 for tests and synthetic runs).
+      blocks: blocks per stage (ResNet-38: b2..b5, full (3, 3, 6, 3); ResNet-50: layer1..4, full
+        (3, 4, 6, 3)); ``None`` = full.
+      dtype: compute dtype (parameters stay float32).
+      batch_norm: "frozen" (running statistics, never updated) or "batch" (batch statistics over
+        the global batch when ``train``). Default: the reference's choice for the stage ("batch"
+        for ``deeplab_largefov``, "frozen" otherwise).
+      bn_momentum: Flax-convention momentum of the running statistics (default: PyTorch 0.1 ->
+        0.9, DeepLab 0.0003 -> 0.9997).
+    """
+    check_arch(arch)
+    if not isinstance(num_classes, int) or num_classes < (0 if arch == "affinity" else 1):
+        raise ValueError(f"num_classes must be a positive int, found {num_classes!r}")
+    if not width > 0:
+        raise ValueError(f"width must be > 0, found {width}")
+    batch_norm = _DEFAULT_BATCH_NORM[arch] if batch_norm is None else batch_norm
+    check_batch_norm_mode(batch_norm)
+    momentum = _DEFAULT_BN_MOMENTUM[arch] if bn_momentum is None else float(bn_momentum)
+    return _MODULES[arch](
+        num_classes=num_classes,
+        width=float(width),
+        blocks=None if blocks is None else tuple(int(b) for b in blocks),
+        batch_norm=batch_norm,
+        bn_momentum=momentum,
+        dtype=dtype,
+    )
+
+
+def init_variables(
+    arch: str,
+    num_classes: int,
+    key: jax.Array,
+    *,
+    image_size: Sequence[int] = (64, 64),
+    **size,
+) -> dict:
+    """``build(arch, num_classes, **size).init`` on zeros of ``(1, *image_size, 3)``, jitted.
+
+    Returns ``{"params": ..., "batch_stats": ...}`` as plain nested dicts. The parameter shapes do
+    not depend on ``image_size`` (any size with an OS-8 map of at least 2x2 works).
+    """
+    model = build(arch, num_classes, **size)
+    images = jnp.zeros((1, *image_size, 3), jnp.float32)
+    params_key, dropout_key = jax.random.split(key)
+    variables = jax.jit(lambda k1, k2: model.init({"params": k1, "dropout": k2}, images))(
+        params_key, dropout_key
+    )
+    return flax.core.unfreeze(variables)
+
+
+def param_label(path: str, arch: str) -> str:
+    """Optimizer group of one "/"-joined parameter path (see the module docstring)."""
+    check_arch(arch)
+    if any(re.search(p, path) for p in NOT_TRAINING_PATTERNS[arch]):
+        return "frozen"
+    scratch = any(re.search(p, path) for p in FROM_SCRATCH_PATTERNS[arch])
+    leaf = path.rsplit("/", 1)[-1]
+    if leaf == "bias":
+        return "scratch_bias" if scratch else "bias"
+    if leaf == "kernel":
+        return "scratch_weight" if scratch else "weight"
+    # Only BN scale/bias are not conv parameters, and they are matched as frozen above.
+    raise ValueError(f"param_label: unexpected parameter {path!r} for arch {arch!r}")
+
+
+def param_labels(params, arch: str):
+    """Pytree of group labels matching ``params`` (for ``optax.multi_transform`` or masks)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: param_label("/".join(str(k.key) for k in p), arch), params
+    )

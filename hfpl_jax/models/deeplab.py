@@ -1,0 +1,82 @@
+"""DeepLab-LargeFOV (DeepLab-v1) on ResNet-38, the final segmentation model (spec §8.2).
+
+``backbone`` is ResNet-38 (parameter paths ``backbone/conv1a/kernel`` ..., as the PyTorch names
+``backbone.conv1a.weight``); its BN momentum is 0.0003 (Flax 0.9997). Head, on conv6 (OS 8):
+
+    conv_fov (3x3, dilation 12, padding 12, no bias) -> bn_fov -> relu
+    -> conv_fov2 (1x1, no bias) -> bn_fov2 -> relu -> dropout (element-wise, p = 0.5)
+    -> cls_conv (1x1, with bias) -> bilinear upsampling to the input size (align_corners=True)
+
+Init (head): conv weights kaiming_normal(fan_out, ReLU gain), untruncated; cls_conv bias
+PyTorch's default U(+-1/sqrt(512)); head BN weight 1, bias 0. In the reference's final stage BN
+runs with batch statistics (``batch_norm="batch"``), Dropout2d in b6/b7 and the head dropout are
+active, and no BN affine parameter is trained (they are in no optimizer group); every conv, conv1a
+and b2 included, is trained.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from hfpl_jax.image_ops import resize_bilinear
+from hfpl_jax.models.layers import (
+    BatchNorm,
+    Conv2d,
+    check_images,
+    kaiming_normal,
+    scaled_channels,
+    use_running_average,
+)
+from hfpl_jax.models.resnet38 import ResNet38
+
+# lib/net/deeplabv1.py: from_scratch_layers = [conv_fov, conv_fov2, cls_conv]; not_training = []
+# (and the backbone's [conv1a] is never applied because net.train() is never called); BN affine
+# parameters are never in an optimizer group.
+FROM_SCRATCH_PATTERNS = (r"^(conv_fov|conv_fov2|cls_conv)/",)
+NOT_TRAINING_PATTERNS = (r"(^|/)bn[^/]*/(scale|bias)$",)
+BN_MOMENTUM = 0.9997  # PyTorch momentum 0.0003 (TRAIN_BN_MOM and lib/net/backbone/resnet38d.bn_mom)
+
+
+class DeepLabLargeFOV(nn.Module):
+    """``__call__(images, train)`` -> ``{"logits": (N, H, W, num_classes + 1)}``."""
+
+    num_classes: int
+    width: float = 1.0
+    blocks: tuple | None = None
+    batch_norm: str = "batch"
+    bn_momentum: float = BN_MOMENTUM
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images, train: bool = False) -> dict:
+        check_images(images)
+        _, height, width_px, _ = images.shape
+        taps = ResNet38(
+            width=self.width,
+            blocks=self.blocks,
+            batch_norm=self.batch_norm,
+            bn_momentum=self.bn_momentum,
+            dtype=self.dtype,
+            name="backbone",
+        )(images, train=train)
+        running = use_running_average(self.batch_norm, train)
+        bn = dict(momentum=self.bn_momentum, dtype=self.dtype)
+        fan_out = kaiming_normal("fan_out")
+        features = scaled_channels(512, self.width)
+        x = Conv2d(
+            features, 3, padding=12, dilation=12, kernel_init=fan_out, dtype=self.dtype,
+            name="conv_fov",
+        )(taps["conv6"])  # fmt: skip
+        x = nn.relu(BatchNorm(name="bn_fov", **bn)(x, running))
+        x = Conv2d(features, 1, kernel_init=fan_out, dtype=self.dtype, name="conv_fov2")(x)
+        x = nn.relu(BatchNorm(name="bn_fov2", **bn)(x, running))
+        x = nn.Dropout(0.5, name="dropout1")(x, deterministic=not train)
+        x = Conv2d(
+            self.num_classes + 1, 1, use_bias=True, kernel_init=fan_out, dtype=self.dtype,
+            name="cls_conv",
+        )(x)  # fmt: skip
+        logits = resize_bilinear(x.astype(jnp.float32), (height, width_px), align_corners=True)
+        return {"logits": logits}

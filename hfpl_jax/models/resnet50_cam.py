@@ -1,0 +1,171 @@
+"""A plain CAM network on a torchvision-layout ResNet-50, output stride 16.
+
+A second CAM baseline, to show that HFPL's losses (ISL on the OS-16 ``logits``, FSL, GAP on the
+upsampled ``cam``) are an add-on to an ordinary CAM method and not tied to SEAM. The design follows
+the common ResNet-50 CAM setup (as in IRN): torchvision's ResNet-50 v1.5 with the last stage's
+stride set to 1 (no dilation), so OS 16, and a bias-free 1x1 classifier on the last stage.
+
+Layout (torchvision names, as Flax paths with "/" for "."): ``conv1`` (7x7, stride 2, padding 3) ->
+``bn1`` -> relu -> max-pool 3x3 stride 2 padding 1 -> ``layer1``..``layer4`` of Bottleneck blocks
+``layerS/i/{conv1,bn1,conv2,bn2,conv3,bn3}`` and ``layerS/0/downsample/{0 (1x1 conv), 1 (BN)}``,
+strides (1, 2, 2, 1), blocks (3, 4, 6, 3), planes (64, 128, 256, 512) x4 expansion; the 3x3 conv
+carries the stride (v1.5). ``classifier``: 1x1 conv 2048 -> num_classes + 1, no bias (channel 0
+exists for uniformity with SEAM; every loss slices 1:). torchvision's ``fc`` is not used.
+
+Bottleneck: ``y = relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + shortcut(x))`` with
+``shortcut = downsample(x)`` where shape changes, else ``x``.
+
+Outputs: ``logits`` ``(N, h, w, K + 1)`` at OS 16 (h = ceil(H / 16) for the usual sizes) and
+``cam``, ``logits`` upsampled to the input size with align_corners=True.
+
+Training defaults (``FROM_SCRATCH_PATTERNS`` / ``NOT_TRAINING_PATTERNS``): the classifier is new
+(lr x10); the stem (conv1, bn1) and layer1 are frozen, as is every BN affine parameter, with BN on
+running statistics ("frozen") as in the ResNet-38 CAM stage. Weights import from a torchvision
+``resnet50`` state dict (``hfpl_jax.weights.from_torch(sd, "resnet50_cam")``; ``fc.*`` dropped).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hfpl_jax.image_ops import resize_bilinear
+from hfpl_jax.models.layers import (
+    BatchNorm,
+    Conv2d,
+    check_batch_norm_mode,
+    check_blocks,
+    check_images,
+    kaiming_normal,
+    scaled_channels,
+    use_running_average,
+    xavier_uniform,
+)
+
+FULL_BLOCKS = (3, 4, 6, 3)
+STRIDES = (1, 2, 2, 1)
+EXPANSION = 4
+
+FROM_SCRATCH_PATTERNS = (r"^classifier/",)
+NOT_TRAINING_PATTERNS = (
+    r"^(conv1|bn1|layer1)/",
+    r"(^|/)bn\d*/(scale|bias)$",
+    r"/downsample/1/(scale|bias)$",
+)
+
+
+class Downsample(nn.Module):
+    """torchvision's ``downsample = Sequential(conv1x1(stride), BatchNorm)``: names "0" and "1"."""
+
+    features: int
+    stride: int
+    bn_momentum: float
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, running_average: bool):
+        x = Conv2d(
+            self.features, 1, self.stride, kernel_init=kaiming_normal("fan_out"), dtype=self.dtype,
+            name="0",
+        )(x)  # fmt: skip
+        return BatchNorm(momentum=self.bn_momentum, dtype=self.dtype, name="1")(x, running_average)
+
+
+class Bottleneck(nn.Module):
+    """torchvision ResNet-50 v1.5 bottleneck (stride on the 3x3 conv)."""
+
+    planes: int
+    stride: int = 1
+    bn_momentum: float = 0.9
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, running_average: bool):
+        out_features = self.planes * EXPANSION
+        init = kaiming_normal("fan_out")
+        bn = dict(momentum=self.bn_momentum, dtype=self.dtype)
+        y = Conv2d(self.planes, 1, kernel_init=init, dtype=self.dtype, name="conv1")(x)
+        y = nn.relu(BatchNorm(name="bn1", **bn)(y, running_average))
+        y = Conv2d(
+            self.planes, 3, self.stride, padding=1, kernel_init=init, dtype=self.dtype,
+            name="conv2",
+        )(y)  # fmt: skip
+        y = nn.relu(BatchNorm(name="bn2", **bn)(y, running_average))
+        y = Conv2d(out_features, 1, kernel_init=init, dtype=self.dtype, name="conv3")(y)
+        y = BatchNorm(name="bn3", **bn)(y, running_average)
+        if self.stride != 1 or x.shape[-1] != out_features:
+            shortcut = Downsample(out_features, self.stride, self.bn_momentum, self.dtype,
+                                  name="downsample")(x, running_average)  # fmt: skip
+        else:
+            shortcut = x
+        return nn.relu(y + shortcut)
+
+
+class ResNetStage(nn.Module):
+    """torchvision ``layerS``: blocks named "0", "1", ...; the first carries the stride."""
+
+    planes: int
+    num_blocks: int
+    stride: int
+    bn_momentum: float = 0.9
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, running_average: bool):
+        for i in range(self.num_blocks):
+            x = Bottleneck(
+                self.planes,
+                self.stride if i == 0 else 1,
+                bn_momentum=self.bn_momentum,
+                dtype=self.dtype,
+                name=str(i),
+            )(x, running_average)
+        return x
+
+
+def max_pool_3x3_s2(x):
+    """``nn.MaxPool2d(3, stride=2, padding=1)``: padding never wins (it is -inf)."""
+    return jax.lax.reduce_window(
+        x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+    )
+
+
+class ResNet50CAM(nn.Module):
+    """``__call__(images, train)`` -> ``{"cam": (N,H,W,K+1), "logits": (N,h,w,K+1)}`` (OS 16)."""
+
+    num_classes: int
+    width: float = 1.0
+    blocks: tuple | None = None
+    batch_norm: str = "frozen"
+    bn_momentum: float = 0.9
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images, train: bool = False) -> dict:
+        check_images(images)
+        check_batch_norm_mode(self.batch_norm)
+        blocks = check_blocks(self.blocks, FULL_BLOCKS, "resnet50_cam")
+        running = use_running_average(self.batch_norm, train)
+        _, height, width_px, _ = images.shape
+        c = lambda n: scaled_channels(n, self.width)  # noqa: E731
+        x = Conv2d(
+            c(64), 7, 2, padding=3, kernel_init=kaiming_normal("fan_out"), dtype=self.dtype,
+            name="conv1",
+        )(images)  # fmt: skip
+        x = nn.relu(BatchNorm(momentum=self.bn_momentum, dtype=self.dtype, name="bn1")(x, running))
+        x = max_pool_3x3_s2(x)
+        for stage, (planes, count, stride) in enumerate(
+            zip((64, 128, 256, 512), blocks, STRIDES, strict=True), start=1
+        ):
+            x = ResNetStage(
+                c(planes), count, stride, self.bn_momentum, self.dtype, name=f"layer{stage}"
+            )(x, running)
+        logits = Conv2d(
+            self.num_classes + 1, 1, kernel_init=xavier_uniform(1.0), dtype=self.dtype,
+            name="classifier",
+        )(x).astype(jnp.float32)  # fmt: skip
+        cam = resize_bilinear(logits, (height, width_px), align_corners=True)
+        return {"cam": cam, "logits": logits}

@@ -1,0 +1,139 @@
+"""SEAM network with PCM and HFPL's extra ``logits`` output (spec §2; ``network/resnet38_SEAM.py``).
+
+Forward, input ``x`` ``(N, H, W, 3)`` normalised, ``C = num_classes + 1`` channels (channel 0 is
+fc8's background channel, which no loss uses):
+
+1. ResNet-38 taps conv4, conv5, conv6 at OS 8, spatial ``(h, w)``.
+2. ``logits = fc8(dropout7(conv6))`` ``(N, h, w, C)`` (Dropout2d 0.5, fc8 1x1 without bias).
+3. ``cam_d_norm`` (constant, no gradient): ``d = relu(logits)``;
+   ``n = relu(d - 1e-5) / (max_hw d + 1e-5)`` per (n, c); channel 0 <- ``1 - max_{c>=1} n``;
+   in channels 1.., values strictly below the per-pixel foreground max are set to 0 (ties kept).
+   No label masking: the model does not see labels.
+4. ``f = concat[x_s, relu(f8_3(sg(conv4))), relu(f8_4(sg(conv5)))]`` (3 + 64 + 128 channels), where
+   ``x_s`` is ``x`` resized to ``(h, w)`` (bilinear, align_corners=True) and ``sg`` stops gradients:
+   PCM never sends gradient into the backbone.
+5. PCM: ``g = f9(f)``, ``g_i <- g_i / (||g_i|| + 1e-5)`` per pixel; ``A[i, j] = relu(<g_i, g_j>)``;
+   ``A[i, j] <- A[i, j] / (sum_i A[i, j] + 1e-5)`` (columns sum to ~1);
+   ``cam_rv[j, c] = sum_i cam_d_norm[i, c] * A[i, j]``.
+6. ``cam`` and ``cam_rv`` are upsampled to ``(H, W)`` (bilinear, align_corners=True).
+
+So ``cam`` and ``logits`` depend on the backbone and fc8, and ``cam_rv`` on f8_3, f8_4, f9 only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hfpl_jax.image_ops import resize_bilinear
+from hfpl_jax.models.layers import (
+    Conv2d,
+    Dropout2d,
+    check_images,
+    kaiming_normal,
+    scaled_channels,
+    xavier_uniform,
+)
+from hfpl_jax.models.resnet38 import BACKBONE_NOT_TRAINING_PATTERNS, resnet38_trunk
+
+# Reference: from_scratch_layers = [f8_3, f8_4, f9, fc8] (lr x10, weight decay on);
+# not_training = [conv1a, b2, b2_1, b2_2] plus every BN affine parameter.
+FROM_SCRATCH_PATTERNS = (r"^(fc8|f8_3|f8_4|f9)/",)
+NOT_TRAINING_PATTERNS = BACKBONE_NOT_TRAINING_PATTERNS
+
+
+def _safe_norm(x, axis):
+    """Euclidean norm with a zero (not NaN) gradient at 0, like ``torch.norm``."""
+    sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def normalized_cam_for_pcm(logits):
+    """SEAM's ``cam_d_norm`` (step 3 of the module docstring), a constant: ``(N,h,w,C) -> same``."""
+    cam = jax.lax.stop_gradient(logits.astype(jnp.float32))
+    cam_d = nn.relu(cam)
+    cam_d_max = jnp.max(cam_d, axis=(1, 2), keepdims=True) + 1e-5
+    norm = nn.relu(cam_d - 1e-5) / cam_d_max
+    foreground = norm[..., 1:]
+    fg_max = jnp.max(foreground, axis=-1, keepdims=True)
+    background = 1.0 - fg_max
+    foreground = jnp.where(foreground < fg_max, 0.0, foreground)
+    return jnp.concatenate([background, foreground], axis=-1)
+
+
+def pixel_correlation(cam, features):
+    """PCM propagation (step 5): ``cam (N,h,w,C)``, ``features`` = f9 output ``(N,h,w,D)``.
+
+    Returns ``cam_rv (N,h,w,C)``, ``cam_rv[:, j] = sum_i cam[:, i] * A[i, j]`` with the
+    column-normalised affinity ``A`` of the L2-normalised features.
+    """
+    n, h, w, c = cam.shape
+    g = features.astype(jnp.float32).reshape(n, h * w, -1)
+    g = g / (_safe_norm(g, axis=-1) + 1e-5)
+    affinity = nn.relu(jnp.einsum("nid,njd->nij", g, g))
+    affinity = affinity / (jnp.sum(affinity, axis=1, keepdims=True) + 1e-5)
+    cam_rv = jnp.einsum("nic,nij->njc", cam.reshape(n, h * w, c).astype(jnp.float32), affinity)
+    return cam_rv.reshape(n, h, w, c)
+
+
+class SEAM(nn.Module):
+    """SEAM + HFPL logits. ``__call__(images, train)`` -> ``{"cam", "cam_rv", "logits"}``.
+
+    Attributes:
+      num_classes: foreground classes K (VOC 20, COCO 80); outputs have K + 1 channels.
+      width, blocks: model size (see ``resnet38``); the heads scale with ``width`` as well.
+      batch_norm: "frozen" (the reference's CAM stage) or "batch".
+    """
+
+    num_classes: int
+    width: float = 1.0
+    blocks: tuple | None = None
+    batch_norm: str = "frozen"
+    bn_momentum: float = 0.9
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images, train: bool = False) -> dict:
+        check_images(images)
+        _, height, width_px, _ = images.shape
+        taps = resnet38_trunk(
+            images,
+            train=train,
+            width=self.width,
+            blocks=self.blocks,
+            batch_norm=self.batch_norm,
+            bn_momentum=self.bn_momentum,
+            dtype=self.dtype,
+        )
+        c = lambda n: scaled_channels(n, self.width)  # noqa: E731
+        conv6 = Dropout2d(0.5, name="dropout7")(taps["conv6"], deterministic=not train)
+        logits = Conv2d(
+            self.num_classes + 1, 1, kernel_init=xavier_uniform(1.0), dtype=self.dtype, name="fc8"
+        )(conv6).astype(jnp.float32)
+        h, w = logits.shape[1:3]
+
+        cam_d_norm = normalized_cam_for_pcm(logits)
+        f8_3 = nn.relu(
+            Conv2d(c(64), 1, kernel_init=kaiming_normal(), dtype=self.dtype, name="f8_3")(
+                jax.lax.stop_gradient(taps["conv4"])
+            )
+        )
+        f8_4 = nn.relu(
+            Conv2d(c(128), 1, kernel_init=kaiming_normal(), dtype=self.dtype, name="f8_4")(
+                jax.lax.stop_gradient(taps["conv5"])
+            )
+        )
+        x_s = resize_bilinear(images, (h, w), align_corners=True)
+        f = jnp.concatenate([x_s.astype(self.dtype), f8_3, f8_4], axis=-1)
+        g = Conv2d(c(192), 1, kernel_init=xavier_uniform(4.0), dtype=self.dtype, name="f9")(f)
+        cam_rv = pixel_correlation(cam_d_norm, g)
+
+        return {
+            "cam": resize_bilinear(logits, (height, width_px), align_corners=True),
+            "cam_rv": resize_bilinear(cam_rv, (height, width_px), align_corners=True),
+            "logits": logits,
+        }
