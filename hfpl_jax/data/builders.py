@@ -113,13 +113,21 @@ class _BuilderMixin:
             except BadExampleError as error:
                 return name, None, error
 
+        kept = 0
         for key, (name, example, error) in enumerate(
             _ordered_parallel_map(run, jobs, _default_threads())
         ):
             if error is not None:
                 self._bad_example(split, name, error)
                 continue
+            kept += 1
             yield f"{key:09d}", example
+        if kept == 0:
+            skipped = sum(row["split"] == split for row in self.bad_examples.rows)
+            raise ValueError(
+                f"split {split!r} has no usable examples ({skipped} bad example(s) skipped); "
+                "nothing to build."
+            )
 
 
 # --------------------------------------------------------------------------------------------------

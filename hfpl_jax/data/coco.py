@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 
@@ -120,7 +121,10 @@ def _decode_rle(segmentation: dict, height: int, width: int, where: str) -> np.n
         rle = mask_utils.frPyObjects([segmentation], height, width)
     else:
         rle = [segmentation]
-    return mask_utils.decode(rle)[:, :, 0]
+    with warnings.catch_warnings():
+        # pycocotools < 2.1 trips NumPy 2's copy-keyword deprecation; the result is unaffected.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(rle)[:, :, 0]
 
 
 def semantic_mask(index: CocoIndex, image: dict) -> np.ndarray:
