@@ -27,7 +27,7 @@ import dataclasses
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from hfpl_jax.image_ops import IMAGENET_MEAN, IMAGENET_STD, normalize_image
+from hfpl_jax.image_ops import IMAGENET_MEAN, IMAGENET_STD, normalization_table
 
 IGNORE_LABEL = 255
 
@@ -35,10 +35,26 @@ IGNORE_LABEL = 255
 # Normalisation
 
 
-def normalize_uint8(image: np.ndarray) -> np.ndarray:
+# Per-channel float32 tables of hfpl_jax.image_ops (float64 maths, one cast): table lookups with
+# uint8 indices, one channel at a time, are about twice as fast as a fancy-indexed (H, W, 3) gather.
+_NORMALIZE_TABLES = tuple(np.ascontiguousarray(t) for t in normalization_table().T)
+
+
+def normalize_uint8(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """(H, W, 3) uint8 -> float32 ``float32((x/255 - mean)/std)`` computed in float64 (the
-    reference's ``network.resnet38d.Normalize`` on a uint8 array; CAM training and inference)."""
-    return normalize_image(np.asarray(image))
+    reference's ``network.resnet38d.Normalize`` on a uint8 array; CAM training and inference).
+
+    Bit-identical to ``hfpl_jax.image_ops.normalize_image``; ``out`` (float32, same shape, may be a
+    view) receives the result in place.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected (H, W, 3) uint8, got {image.dtype} {image.shape}")
+    if out is None:
+        out = np.empty(image.shape, np.float32)
+    for channel, table in enumerate(_NORMALIZE_TABLES):
+        out[..., channel] = np.take(table, image[..., channel])
+    return out
 
 
 def normalize_float32(image: np.ndarray) -> np.ndarray:
@@ -256,8 +272,8 @@ def cam_train_transform(image: Image.Image, params: CamTrainParams) -> np.ndarra
     ch, cw = min(crop.crop_size, array.shape[0]), min(crop.crop_size, array.shape[1])
     window = array[crop.img_top : crop.img_top + ch, crop.img_left : crop.img_left + cw]
     out = np.zeros((crop.crop_size, crop.crop_size, 3), np.float32)
-    out[crop.cont_top : crop.cont_top + ch, crop.cont_left : crop.cont_left + cw] = normalize_uint8(
-        window
+    normalize_uint8(
+        window, out=out[crop.cont_top : crop.cont_top + ch, crop.cont_left : crop.cont_left + cw]
     )
     return out
 
