@@ -10,7 +10,8 @@ What it does:
 3. Times ``make_cam_train_iterator`` (batch 8, crop 448, resize_long (448, 768), flip, jitter
    (0.3, 0.3, 0.3, 0.1): the reference's settings) for several ``worker_count`` / ``read_threads``
    settings: images/s after warm-up, and images/s per CPU core the setting keeps busy
-   (worker processes x threads, at most the machine's cores).
+   (worker processes x threads, at most the machine's cores), and images per CPU-second spent by
+   the process and its workers (the per-core figure that a busy shared machine cannot distort).
 4. Times ``hfpl-jax build-dataset hfpl_shapes`` with the default sizes in a fresh directory.
 
 Prints a Markdown table and writes the figures to ``--out`` (JSON). The load average is recorded
@@ -34,6 +35,24 @@ from PIL import Image
 
 def _load() -> float:
     return round(os.getloadavg()[0], 2)
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its live children (Linux /proc)."""
+    total = time.process_time()
+    ticks = os.sysconf("SC_CLK_TCK")
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:  # ppid
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return total
 
 
 def _prepare_voc(work_dir: str, num_images: int) -> str:
@@ -110,10 +129,11 @@ def _time_iterator(data_dir, workers, threads, batches, warmup) -> dict:
     load_before = _load()
     for _ in range(warmup):
         batch = next(iterator)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     for _ in range(batches):
         batch = next(iterator)
     seconds = time.perf_counter() - start
+    cpu_seconds = _cpu_seconds() - cpu_start
     assert batch["image"].shape == (8, 448, 448, 3)
     if hasattr(iterator, "close"):
         iterator.close()
@@ -125,6 +145,8 @@ def _time_iterator(data_dir, workers, threads, batches, warmup) -> dict:
         "cores_used": cores,
         "images_per_s": round(images_per_s, 1),
         "images_per_s_per_core": round(images_per_s / cores, 1),
+        # Load-independent: images per CPU-second actually spent (all threads and workers).
+        "images_per_cpu_s": round(batches * 8 / cpu_seconds, 1),
         "load_avg_1min": [load_before, _load()],
     }
 
@@ -188,12 +210,15 @@ def main() -> None:
     stages = result["stage_ms_per_image"]
     print(f"Per-image stages (ms, one thread): {stages}")
     print()
-    print("| worker_count | read_threads | cores | images/s | images/s/core | load avg (1 min) |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| worker_count | read_threads | cores | images/s | images/s/core | images/CPU-s "
+        "| load avg (1 min) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for row in result["iterator"]:
         print(
             f"| {row['worker_count']} | {row['read_threads']} | {row['cores_used']} | "
-            f"{row['images_per_s']} | {row['images_per_s_per_core']} | "
+            f"{row['images_per_s']} | {row['images_per_s_per_core']} | {row['images_per_cpu_s']} | "
             f"{row['load_avg_1min'][0]} -> {row['load_avg_1min'][1]} |"
         )
     if "hfpl_shapes_build_seconds" in result:
