@@ -154,7 +154,10 @@ class HfplShapes(_BuilderMixin, tfds.core.GeneratorBasedBuilder):
     """The embedded synthetic dataset (see :mod:`hfpl_jax.data.shapes`); splits train, val."""
 
     VERSION = tfds.core.Version(shapes.GENERATOR_VERSION)
-    RELEASE_NOTES = {"1.0.0": "First generator."}
+    RELEASE_NOTES = {
+        "1.0.0": "First generator.",
+        "1.1.0": "Coarser stripes and checks (legible after 0.7x downscaling).",
+    }
     BUILDER_CONFIGS = [HfplShapesConfig.from_params(shapes.ShapesParams())]
 
     def __init__(self, *, skip_bad_examples: bool = False, **kwargs):
