@@ -160,6 +160,16 @@ def test_cam_iterator_batches_and_determinism(data_dir):
     assert not np.array_equal(different["image"], first["image"])
 
 
+def test_bad_iterator_states_are_rejected(data_dir):
+    iterator = input_pipeline.make_cam_train_iterator(_cam_config(data_dir, num_epochs=1), seed=1)
+    with pytest.raises(ValueError, match="not a hfpl_jax.data.BatchIterator"):
+        iterator.set_state({"next_index": 3})
+    with pytest.raises(ValueError, match="outside"):
+        iterator.set_state({"format": iterator.STATE_FORMAT, "next_batch": 7})
+    iterator.set_state(json.dumps({"format": iterator.STATE_FORMAT, "next_batch": 6}))
+    assert list(iterator) == []
+
+
 def test_cam_iterator_resumes_from_state(data_dir):
     config = _cam_config(data_dir, num_epochs=2)
     iterator = input_pipeline.make_cam_train_iterator(config, seed=1)
@@ -225,6 +235,7 @@ def test_training_process_never_imports_tensorflow_and_workers_agree(data_dir):
     and ``tensorflow`` never enters ``sys.modules``."""
     script = textwrap.dedent(
         f"""
+        import json
         import sys
         import numpy as np
         from hfpl_jax.data import input_pipeline
@@ -236,9 +247,20 @@ def test_training_process_never_imports_tensorflow_and_workers_agree(data_dir):
                 config["worker_count"] = workers
                 iterator = input_pipeline.make_cam_train_iterator(config, seed=4)
                 batches[workers] = [next(iterator) for _ in range(3)]
-                iterator.close() if hasattr(iterator, "close") else None
+                iterator.close()
             for a, b in zip(batches[0], batches[2]):
                 assert np.array_equal(a["image"], b["image"])
+            # A state saved (as JSON) from 2 workers resumes exactly in-process, and vice versa.
+            config["worker_count"] = 2
+            iterator = input_pipeline.make_cam_train_iterator(config, seed=4)
+            next(iterator), next(iterator)
+            state = json.loads(json.dumps(iterator.get_state()))
+            expected = next(iterator)
+            iterator.close()
+            config["worker_count"] = 0
+            resumed = input_pipeline.make_cam_train_iterator(config, seed=4)
+            resumed.set_state(state)
+            assert np.array_equal(next(resumed)["image"], expected["image"])
             assert "tensorflow" not in sys.modules, "tensorflow was imported"
             print("OK")
 

@@ -1,8 +1,9 @@
 """grain input pipelines over TFDS array_record sources, and host batch -> global ``jax.Array``.
 
 Order and randomness are pure functions of (seed, epoch, example index), so a pipeline gives the
-same batches whatever its ``worker_count`` and its iterator can be checkpointed (``get_state`` /
-``set_state``, grain's ``DatasetIterator``) and resumed exactly:
+same batches whatever its ``worker_count``, and a training iterator (:class:`BatchIterator`) is
+checkpointed as the number of batches it has handed out and resumed exactly, with any
+``worker_count``:
 
 - Epoch ``e`` visits the split in the order ``perm_e`` = ``default_rng([seed, e, 0x5EED])
   .permutation(N)`` (identity without shuffling) and has ``N // G`` global batches of ``G`` examples
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -142,6 +144,85 @@ def _absl_flags_ready() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+class BatchIterator:
+    """Host-local batches with a checkpointable position.
+
+    Batch ``k`` is a pure function of ``k`` (see the module docstring), so the state is just the
+    number of batches handed out: ``{"next_batch": k}``. ``set_state`` rebuilds the grain pipeline
+    to start at that batch, so a checkpoint resumes exactly, even with a different
+    ``worker_count``; batches prefetched but not handed out are simply recomputed. The state is
+    JSON, as ``hfpl_jax.checkpoint`` stores it.
+    """
+
+    STATE_FORMAT = "hfpl_jax.data.BatchIterator/1"
+
+    def __init__(self, dataset, *, num_batches, worker_count, read_threads, prefetch_batches):
+        self._dataset = dataset  # grain MapDataset of batches
+        self._num_batches = num_batches  # None: endless
+        self._worker_count = worker_count
+        self._read_threads = read_threads
+        self._prefetch_batches = prefetch_batches
+        self._next_batch = 0
+        self._iterator = None
+
+    def _start(self):
+        dataset = self._dataset[self._next_batch :] if self._next_batch else self._dataset
+        iter_dataset = dataset.to_iter_dataset(
+            grain.ReadOptions(
+                num_threads=max(1, self._read_threads),
+                prefetch_buffer_size=self._prefetch_batches,
+            )
+        )
+        if self._worker_count > 0:
+            _absl_flags_ready()
+            iter_dataset = iter_dataset.mp_prefetch(
+                grain.MultiprocessingOptions(
+                    num_workers=self._worker_count,
+                    per_worker_buffer_size=max(1, self._prefetch_batches),
+                )
+            )
+        return iter(iter_dataset)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._num_batches is not None and self._next_batch >= self._num_batches:
+            raise StopIteration
+        if self._iterator is None:
+            self._iterator = self._start()
+        batch = next(self._iterator)
+        self._next_batch += 1
+        return batch
+
+    def get_state(self) -> dict:
+        return {"format": self.STATE_FORMAT, "next_batch": self._next_batch}
+
+    def set_state(self, state) -> None:
+        if isinstance(state, (bytes, str)):
+            state = json.loads(state)
+        if not isinstance(state, Mapping) or state.get("format") != self.STATE_FORMAT:
+            raise ValueError(
+                f"not a {self.STATE_FORMAT} state: {state!r} (was it saved by another pipeline?)"
+            )
+        next_batch = int(state["next_batch"])
+        if next_batch < 0 or (self._num_batches is not None and next_batch > self._num_batches):
+            raise ValueError(f"next_batch {next_batch} is outside [0, {self._num_batches}]")
+        self.close()
+        self._next_batch = next_batch
+
+    @property
+    def next_batch(self) -> int:
+        """Index of the batch the next ``next()`` returns (= batches handed out so far)."""
+        return self._next_batch
+
+    def close(self) -> None:
+        """Stops worker processes (if any); iteration may continue afterwards (restarts them)."""
+        if self._iterator is not None and hasattr(self._iterator, "close"):
+            self._iterator.close()
+        self._iterator = None
+
+
 def _make_iterator(
     order: EpochOrder,
     example_fn,
@@ -150,7 +231,7 @@ def _make_iterator(
     worker_count: int,
     read_threads: int,
     prefetch_batches: int,
-):
+) -> BatchIterator:
     if num_epochs is not None and int(num_epochs) < 1:
         raise ValueError(f"num_epochs must be None (forever) or >= 1, got {num_epochs}")
     if worker_count < 0:
@@ -159,17 +240,13 @@ def _make_iterator(
     dataset = dataset.repeat(None if num_epochs is None else int(num_epochs))
     dataset = dataset.map_with_index(example_fn)
     dataset = dataset.batch(order.local_batch_size, drop_remainder=True)
-    iter_dataset = dataset.to_iter_dataset(
-        grain.ReadOptions(num_threads=max(1, read_threads), prefetch_buffer_size=prefetch_batches)
+    return BatchIterator(
+        dataset,
+        num_batches=None if num_epochs is None else int(num_epochs) * order.steps_per_epoch,
+        worker_count=worker_count,
+        read_threads=read_threads,
+        prefetch_batches=prefetch_batches,
     )
-    if worker_count > 0:
-        _absl_flags_ready()
-        iter_dataset = iter_dataset.mp_prefetch(
-            grain.MultiprocessingOptions(
-                num_workers=worker_count, per_worker_buffer_size=max(1, prefetch_batches)
-            )
-        )
-    return iter(iter_dataset)
 
 
 def _order_from_config(config, raw: sources.RawSource, seed: int, process_index, process_count):
@@ -242,8 +319,9 @@ def make_cam_train_iterator(
 
     Yields:
       {"image": float32 (B_local, crop, crop, 3) normalised, "labels": float32 (B_local, K)} with
-      B_local = global_batch_size // process_count. The iterator has ``get_state()`` /
-      ``set_state(state)``.
+      B_local = global_batch_size // process_count. The :class:`BatchIterator` has
+      ``get_state()`` / ``set_state(state)`` (JSON ``{"next_batch": k}``), resumable with any
+      ``worker_count``.
     """
     raw = _raw_from_config(input_config)
     order = _order_from_config(input_config, raw, seed, process_index, process_count)
