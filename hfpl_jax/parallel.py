@@ -26,7 +26,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
 
@@ -103,8 +103,11 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
       ValueError: ``num_devices`` out of range, or a subset requested in a multi-process run.
     """
     total = jax.device_count()
+    # Auto axes: shardings of intermediates are the compiler's business (GSPMD), as the models and
+    # losses are written for; JAX >= 0.7 defaults to Explicit axes, which type-check shardings.
+    axis_types = (AxisType.Auto,)
     if num_devices is None or num_devices == total:
-        return jax.make_mesh((total,), (DATA_AXIS,))
+        return jax.make_mesh((total,), (DATA_AXIS,), axis_types=axis_types)
     if not 1 <= num_devices <= total:
         raise ValueError(f"mesh.num_devices must be in [1, {total}], found {num_devices}.")
     if jax.process_count() > 1:
@@ -112,7 +115,9 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
             f"mesh.num_devices={num_devices} uses a subset of the {total} devices, which a "
             f"multi-process run ({jax.process_count()} processes) cannot do; leave it unset."
         )
-    return jax.make_mesh((num_devices,), (DATA_AXIS,), devices=jax.devices()[:num_devices])
+    return jax.make_mesh(
+        (num_devices,), (DATA_AXIS,), axis_types=axis_types, devices=jax.devices()[:num_devices]
+    )
 
 
 def replicated_sharding(mesh: Mesh) -> NamedSharding:

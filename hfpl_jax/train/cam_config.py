@@ -7,7 +7,12 @@ schema (and the meaning of every field) lives in one place. The defaults are the
 Fields
 ------
 ``seed``                       base RNG seed (model init, data order, dropout, ISL sampling).
-``input.*``                    passed to ``hfpl_jax.data.input_pipeline.make_cam_train_iterator``.
+``input.*``                    passed to ``hfpl_jax.data.input_pipeline.make_cam_train_iterator``
+                               (see its docstring); ``input.data_dir`` None means
+                               ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``;
+                               ``input.builder_kwargs`` sizes the generated ``hfpl_shapes``;
+                               ``input.num_epochs`` None streams forever (the loop stops at
+                               max_step); ``worker_count`` > 0 decodes in worker processes.
 ``input.num_train_examples``   size of the training split for ``max_step``; None: read it from the
                                dataset.
 ``model.arch``                 "seam" (two outputs + PCM) or any CAM architecture of
@@ -38,6 +43,8 @@ Fields
 ``train.log_every_steps``      scalars to TensorBoard / metrics.jsonl (means since the last log).
 ``train.image_every_steps``    CAM overlays to TensorBoard (0 disables).
 ``checkpoint.every_steps/keep``  save every N steps and at the end; keep the newest K.
+``checkpoint.restore_data_state``  resume the input pipeline where it was (False: restart it from
+                               its seed, e.g. after changing the number of processes).
 ``mesh.num_devices``           devices in the data-parallel mesh; None: all devices.
 """
 
@@ -74,7 +81,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.input.hflip = True
     config.input.color_jitter = (0.3, 0.3, 0.3, 0.1)
     config.input.shuffle = True
+    config.input.num_epochs = config_dict.placeholder(int)
     config.input.worker_count = 0
+    config.input.read_threads = 0
+    config.input.prefetch_batches = 2
+    config.input.builder_kwargs = ml_collections.ConfigDict()
     config.input.num_train_examples = config_dict.placeholder(int)
 
     config.model = ml_collections.ConfigDict()
@@ -125,6 +136,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_steps = 1000
     config.checkpoint.keep = 3
+    config.checkpoint.restore_data_state = True
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.num_devices = config_dict.placeholder(int)
