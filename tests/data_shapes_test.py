@@ -294,3 +294,24 @@ def test_to_global_batch_assembles_sharded_arrays():
     assert len(batch["image"].sharding.device_set) == len(jax.devices())
     np.testing.assert_array_equal(np.asarray(batch["image"]), local["image"])
     np.testing.assert_array_equal(np.asarray(batch["labels"]), local["labels"])
+
+
+def _ensure_built_in_subprocess(directory):
+    from hfpl_jax import data as data_module
+
+    path = data_module.ensure_built("hfpl_shapes", directory, image_size=40, num_train=9, num_val=2)
+    with open(os.path.join(path, "dataset_info.json")) as f:
+        return path, os.path.getmtime(f.name)
+
+
+@pytest.mark.slow
+def test_concurrent_ensure_built_builds_once(tmp_path):
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        results = pool.map(_ensure_built_in_subprocess, [str(tmp_path)] * 2)
+    assert results[0] == results[1]  # same directory, same (single) build: same file time
+    entries = os.listdir(os.path.join(str(tmp_path), "hfpl_shapes"))
+    assert [e for e in entries if not e.startswith(".")] == [
+        os.path.basename(os.path.dirname(results[0][0]))
+    ]

@@ -138,7 +138,19 @@ def ensure_built(name: str, data_dir: str | os.PathLike, **builder_kwargs) -> st
             f"  hfpl-jax build-dataset {name} --data-dir {os.fspath(data_dir)} --manual-dir "
             "<folder with the raw dataset>\n(see README.md, 'Datasets', for the folder layout)."
         )
-    build(name, data_dir, **builder_kwargs)
+    # Several processes (the hosts of one job, parallel test workers) may ask at once: one builds,
+    # the others wait on the lock and then find the finished dataset.
+    import fcntl
+
+    os.makedirs(data_dir, exist_ok=True)
+    lock_path = os.path.join(os.fspath(data_dir), f".{name}.build.lock")
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not is_built(name, data_dir, **builder_kwargs):
+                build(name, data_dir, **builder_kwargs)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return dataset_dir(name, data_dir, **builder_kwargs)
 
 
