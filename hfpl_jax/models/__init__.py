@@ -107,6 +107,7 @@ def build(
     dtype: Any = jnp.float32,
     batch_norm: str | None = None,
     bn_momentum: float | None = None,
+    dropout: bool = True,
 ) -> nn.Module:
     """Build a model.
 
@@ -122,6 +123,7 @@ def build(
         for ``deeplab_largefov``, "frozen" otherwise).
       bn_momentum: Flax-convention momentum of the running statistics (default: PyTorch 0.1 ->
         0.9, DeepLab 0.0003 -> 0.9997).
+      dropout: False disables every dropout layer even when training (parity checks, ablations).
     """
     check_arch(arch)
     if not isinstance(num_classes, int) or num_classes < (0 if arch == "affinity" else 1):
@@ -138,6 +140,7 @@ def build(
         batch_norm=batch_norm,
         bn_momentum=momentum,
         dtype=dtype,
+        dropout=bool(dropout),
     )
 
 

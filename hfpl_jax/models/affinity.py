@@ -122,6 +122,7 @@ class AffinityNet(nn.Module):
     batch_norm: str = "frozen"
     bn_momentum: float = 0.9
     dtype: Any = jnp.float32
+    dropout: bool = True
     radius: int = DEFAULT_RADIUS
 
     @nn.compact
@@ -135,6 +136,7 @@ class AffinityNet(nn.Module):
             batch_norm=self.batch_norm,
             bn_momentum=self.bn_momentum,
             dtype=self.dtype,
+            dropout=self.dropout,
         )
         c = lambda n: scaled_channels(n, self.width)  # noqa: E731
         heads = []

@@ -49,6 +49,7 @@ class DeepLabLargeFOV(nn.Module):
     batch_norm: str = "batch"
     bn_momentum: float = BN_MOMENTUM
     dtype: Any = jnp.float32
+    dropout: bool = True
 
     @nn.compact
     def __call__(self, images, train: bool = False) -> dict:
@@ -60,6 +61,7 @@ class DeepLabLargeFOV(nn.Module):
             batch_norm=self.batch_norm,
             bn_momentum=self.bn_momentum,
             dtype=self.dtype,
+            dropout=self.dropout,
             name="backbone",
         )(images, train=train)
         running = use_running_average(self.batch_norm, train)
@@ -73,7 +75,7 @@ class DeepLabLargeFOV(nn.Module):
         x = nn.relu(BatchNorm(name="bn_fov", **bn)(x, running))
         x = Conv2d(features, 1, kernel_init=fan_out, dtype=self.dtype, name="conv_fov2")(x)
         x = nn.relu(BatchNorm(name="bn_fov2", **bn)(x, running))
-        x = nn.Dropout(0.5, name="dropout1")(x, deterministic=not train)
+        x = nn.Dropout(0.5, name="dropout1")(x, deterministic=not (train and self.dropout))
         x = Conv2d(
             self.num_classes + 1, 1, use_bias=True, kernel_init=fan_out, dtype=self.dtype,
             name="cls_conv",

@@ -140,6 +140,7 @@ def resnet38_trunk(
     batch_norm: str = "frozen",
     bn_momentum: float = 0.9,
     dtype: Any = jnp.float32,
+    dropout: bool = True,
 ) -> dict:
     """Run the ResNet-38 layers, creating them in the *calling* module's scope.
 
@@ -150,6 +151,7 @@ def resnet38_trunk(
     Args:
       x: ``(N, H, W, 3)`` normalised images.
       train: enables Dropout2d in b6/b7, and batch statistics when ``batch_norm == "batch"``.
+      dropout: False turns Dropout2d off even when training (parity checks, ablations).
 
     Returns:
       ``{"conv3": (N, ceil(H/4), ceil(W/4), 256w), "conv4": (N, h, w, 512w),
@@ -188,11 +190,12 @@ def resnet38_trunk(
                 taps["conv3"] = a
             if k == 0 and stage == 5:
                 taps["conv4"] = a
+    drop = train and dropout
     x, taps["conv5"] = ResBlockBottleneck(c(2048), dilation=4, dropout=0.3, name="b6", **common)(
-        x, running_average=running, train=train
+        x, running_average=running, train=drop
     )
     x, _ = ResBlockBottleneck(c(4096), dilation=4, dropout=0.5, name="b7", **common)(
-        x, running_average=running, train=train
+        x, running_average=running, train=drop
     )
     taps["conv6"] = nn.relu(BatchNorm(momentum=bn_momentum, dtype=dtype, name="bn7")(x, running))
     return taps
@@ -206,6 +209,7 @@ class ResNet38(nn.Module):
     batch_norm: str = "frozen"
     bn_momentum: float = 0.9
     dtype: Any = jnp.float32
+    dropout: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False) -> dict:
@@ -217,4 +221,5 @@ class ResNet38(nn.Module):
             batch_norm=self.batch_norm,
             bn_momentum=self.bn_momentum,
             dtype=self.dtype,
+            dropout=self.dropout,
         )

@@ -142,6 +142,7 @@ class ResNet50CAM(nn.Module):
     batch_norm: str = "frozen"
     bn_momentum: float = 0.9
     dtype: Any = jnp.float32
+    dropout: bool = True  # accepted for a uniform build(); this network has no dropout
 
     @nn.compact
     def __call__(self, images, train: bool = False) -> dict:

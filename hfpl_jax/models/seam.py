@@ -87,6 +87,7 @@ class SEAM(nn.Module):
       num_classes: foreground classes K (VOC 20, COCO 80); outputs have K + 1 channels.
       width, blocks: model size (see ``resnet38``); the heads scale with ``width`` as well.
       batch_norm: "frozen" (the reference's CAM stage) or "batch".
+      dropout: False turns every dropout layer off, also when training.
     """
 
     num_classes: int
@@ -95,6 +96,7 @@ class SEAM(nn.Module):
     batch_norm: str = "frozen"
     bn_momentum: float = 0.9
     dtype: Any = jnp.float32
+    dropout: bool = True
 
     @nn.compact
     def __call__(self, images, train: bool = False) -> dict:
@@ -108,9 +110,12 @@ class SEAM(nn.Module):
             batch_norm=self.batch_norm,
             bn_momentum=self.bn_momentum,
             dtype=self.dtype,
+            dropout=self.dropout,
         )
         c = lambda n: scaled_channels(n, self.width)  # noqa: E731
-        conv6 = Dropout2d(0.5, name="dropout7")(taps["conv6"], deterministic=not train)
+        conv6 = Dropout2d(0.5, name="dropout7")(
+            taps["conv6"], deterministic=not (train and self.dropout)
+        )
         logits = Conv2d(
             self.num_classes + 1, 1, kernel_init=xavier_uniform(1.0), dtype=self.dtype, name="fc8"
         )(conv6).astype(jnp.float32)
