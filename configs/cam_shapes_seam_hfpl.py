@@ -23,9 +23,14 @@ def get_config(arg=None):
     config = base_config()
     config.input.dataset = "hfpl_shapes"
     config.input.split = "train"
+    # The generated dataset's size (hfpl_jax.data.shapes.ShapesParams; these are its defaults).
+    config.input.builder_kwargs.image_size = 160
+    config.input.builder_kwargs.num_train = 3000
+    config.input.builder_kwargs.num_val = 500
     config.input.crop_size = 112
     config.input.resize_long = (112, 176)
     config.input.global_batch_size = 8
+    config.input.worker_count = 0  # decode in the training process (2-core machines)
     config.model.width = 0.25
     config.model.blocks = (1, 1, 1, 1)
     config.optim.reference_momentum_bug = False

@@ -82,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.input.color_jitter = (0.3, 0.3, 0.3, 0.1)
     config.input.shuffle = True
     config.input.num_epochs = config_dict.placeholder(int)
-    config.input.worker_count = 0
+    config.input.worker_count = 8  # decoding processes (the reference's num_workers)
     config.input.read_threads = 0
     config.input.prefetch_batches = 2
     config.input.builder_kwargs = ml_collections.ConfigDict()

@@ -1,0 +1,278 @@
+"""CAM training end to end (hfpl_jax.train.cam) on a tiny model and a tiny generated dataset.
+
+Everything runs in this process on the 8 simulated CPU devices of conftest.py; the subprocess
+tests (SIGKILL/resume, two jax.distributed processes) are in train_cam_distributed_test.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from train_cam_helpers import (  # noqa: F401 - shapes_dir is a fixture
+    REPO,
+    SHAPES_CONFIG,
+    flat,
+    read_event_tags,
+    shapes_dir,
+    tiny_config,
+    tiny_overrides,
+)
+
+from hfpl_jax import checkpoint, config_utils, parallel
+from hfpl_jax.train import cam, cam_config, optimizers
+
+# --------------------------------------------------------------------------------------------------
+
+
+def test_one_step_end_to_end_through_the_command_line(
+    shapes_dir,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    workdir = str(tmp_path / "run")
+    argv = [
+        f"--config={SHAPES_CONFIG}",
+        f"--workdir={workdir}",
+        *tiny_overrides(shapes_dir),
+    ]
+    assert cam.main(argv) == 0
+    assert sorted(os.listdir(checkpoint.checkpoint_dir(workdir))) == ["3", "4"]  # keep 2
+
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    settings = cam.LossSettings.from_config(tiny_config(shapes_dir).loss)
+    for name in (*settings.term_names(), "learning_rate", "images_per_second"):
+        assert all(np.isfinite(r[name]) for r in records), name
+    assert {"loss_isl", "loss_fsl", "loss_er", "loss_ecr"} <= set(records[0])
+    # Logged rates follow the poly schedule of the step taken (max_step = num_steps = 4).
+    for t, record in enumerate(records):
+        assert record["learning_rate"] == pytest.approx(0.01 * (1 - t / 4) ** 0.9)
+
+    tags = read_event_tags(os.path.join(workdir, "tensorboard"))
+    for name in settings.term_names():
+        assert tags[f"loss/{name}"] == [1, 2, 3, 4], name
+    assert tags["train/learning_rate"] == [1, 2, 3, 4]
+    assert tags["train/images_per_second"] == [1, 2, 3, 4]
+    assert tags["cam/overlay"] == [2, 4]
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["model"]["arch"] == "seam"
+
+    # Frozen parameters (conv1a, b2*, every BN) did not move; the others did.
+    config = tiny_config(shapes_dir)
+    model = cam.build_model(config, 6)
+    mesh = parallel.make_mesh()
+    optimizer = optimizers.make_optimizer(
+        config.optim, jax.eval_shape(cam._init_variables_fn(model, config))["params"], max_step=4
+    )
+    initial = flat(cam.init_train_state(model, optimizer.tx, config, mesh).params)
+    final = flat(checkpoint.load_params(workdir))
+    frozen = {p for group in optimizer.groups if group.frozen for p in group.paths}
+    assert any(p.startswith("conv1a/") for p in frozen) and any("/bn_" in p for p in frozen)
+    for path, value in initial.items():
+        if path in frozen:
+            np.testing.assert_array_equal(final[path], value, err_msg=path)
+        else:
+            assert not np.array_equal(final[path], value), f"{path} did not train"
+    err = capsys.readouterr().err
+    assert "train-cam" in err  # the progress bar
+
+
+def test_unknown_override_is_a_usage_error(tmp_path, capsys):
+    code = cam.main(
+        [f"--config={SHAPES_CONFIG}", f"--workdir={tmp_path}", "--config.train.num_stepz=3"]
+    )
+    assert code == 2
+    assert "config.train.num_stepz" in capsys.readouterr().err
+
+
+class _Interrupting:
+    """Wraps an iterator: raises after ``stop_after`` batches, or poisons batch ``nan_at``."""
+
+    def __init__(self, iterator, stop_after=None, nan_at=None):
+        self.iterator, self.stop_after, self.nan_at, self.count = iterator, stop_after, nan_at, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.stop_after is not None and self.count == self.stop_after:
+            raise KeyboardInterrupt("simulated crash")
+        batch = dict(next(self.iterator))
+        if self.count == self.nan_at:
+            batch["image"] = np.full_like(batch["image"], np.nan)
+        self.count += 1
+        return batch
+
+    def get_state(self):
+        return self.iterator.get_state()
+
+    def set_state(self, state):
+        self.iterator.set_state(state)
+
+
+def _factory(**kwargs):
+    def factory(config, process_index, process_count):
+        data = cam.make_train_data(config, process_index, process_count)
+        data.iterator = _Interrupting(data.iterator, **kwargs)
+        return data
+
+    return factory
+
+
+def test_crashed_run_resumes_to_the_uninterrupted_result(shapes_dir, tmp_path):  # noqa: F811
+    config = tiny_config(shapes_dir, **{"train.image_every_steps": 0})
+    whole = cam.train_and_evaluate(config, str(tmp_path / "whole"), progress=False)
+    workdir = str(tmp_path / "crashed")
+    with pytest.raises(KeyboardInterrupt):
+        cam.train_and_evaluate(config, workdir, data_factory=_factory(stop_after=3), progress=False)
+    assert checkpoint.CheckpointManager(workdir).latest_step() == 3
+    resumed = cam.train_and_evaluate(config, workdir, progress=False)
+    assert int(resumed.step) == 4
+    for path, value in flat(whole.params).items():
+        np.testing.assert_array_equal(flat(resumed.params)[path], value, err_msg=path)
+    for got, want in zip(
+        jax.tree.leaves(resumed.opt_state), jax.tree.leaves(whole.opt_state), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_nan_loss_stops_naming_term_and_step_and_keeps_last_good_checkpoint(shapes_dir, tmp_path):  # noqa: F811
+    config = tiny_config(shapes_dir, **{"train.image_every_steps": 0})
+    workdir = str(tmp_path / "nan")
+    with pytest.raises(cam.NonFiniteLossError, match=r"non-finite loss 'loss_\w+' at step 2"):
+        cam.train_and_evaluate(config, workdir, data_factory=_factory(nan_at=2), progress=False)
+    manager = checkpoint.CheckpointManager(workdir)
+    assert manager.all_steps() == [1, 2]  # the state after the bad update was not saved
+    manager.close()
+    assert all(np.isfinite(v).all() for v in flat(checkpoint.load_params(workdir)).values())
+
+
+# --------------------------------------------------------------------------------------------------
+# The jitted update directly, on synthetic batches.
+
+
+def _synthetic_batch(batch_size, crop, num_classes, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((batch_size, num_classes), np.float32)
+    for row in range(batch_size):
+        labels[row, rng.choice(num_classes, size=1 + row % 2, replace=False)] = 1.0
+    images = rng.standard_normal((batch_size, crop, crop, 3)).astype(np.float32)
+    return {"image": images, "labels": labels}
+
+
+def _update_setup(config, num_devices, num_classes=6):
+    mesh = parallel.make_mesh(num_devices)
+    model = cam.build_model(config, num_classes)
+    abstract = jax.eval_shape(cam._init_variables_fn(model, config))
+    optimizer = optimizers.make_optimizer(
+        config.optim, abstract["params"], max_step=config.train.num_steps
+    )
+    settings = cam.LossSettings.from_config(config.loss)
+    state = cam.init_train_state(model, optimizer.tx, config, mesh)
+    step = cam.make_train_step(model, optimizer.tx, settings, mesh)
+    return mesh, state, step
+
+
+def _run_updates(config, num_devices, batches):
+    mesh, state, step = _update_setup(config, num_devices)
+    metrics = []
+    for batch in batches:
+        state, m = step(state, parallel.host_batch_to_global(batch, mesh))
+        metrics.append(jax.device_get(m))
+    return state, metrics
+
+
+def test_8_device_update_equals_1_device_update(shapes_dir):  # noqa: F811
+    config = tiny_config(shapes_dir)
+    batches = [_synthetic_batch(8, 32, 6, seed) for seed in range(2)]
+    state8, metrics8 = _run_updates(config, 8, batches)
+    state1, metrics1 = _run_updates(config, 1, batches)
+    assert state8.params["fc8"]["kernel"].sharding.mesh.devices.size == 8
+    for m8, m1 in zip(metrics8, metrics1, strict=True):
+        for name in m1:
+            np.testing.assert_allclose(m8[name], m1[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    p8, p1 = flat(state8.params), flat(state1.params)
+    for path in p1:
+        np.testing.assert_allclose(p8[path], p1[path], rtol=1e-5, atol=1e-7, err_msg=path)
+
+
+def test_bfloat16_compute_keeps_float32_parameters(shapes_dir):  # noqa: F811
+    config = tiny_config(shapes_dir, **{"model.compute_dtype": "bfloat16"})
+    state, metrics = _run_updates(config, 8, [_synthetic_batch(8, 32, 6)])
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
+    assert all(np.isfinite(v) for v in metrics[0].values())
+    assert metrics[0]["loss"].dtype == np.float32
+
+
+def test_resnet50_cam_with_the_hfpl_add_on(shapes_dir):  # noqa: F811
+    config = config_utils.load_config(
+        os.path.join(REPO, "configs", "cam_shapes_resnet50_cam_hfpl.py"),
+        [
+            "input.crop_size=32",
+            "model.width=0.0625",
+            "model.blocks=1,1,1,1",
+        ],
+    )
+    settings = cam.LossSettings.from_config(config.loss)
+    assert not settings.seam and settings.fsl and settings.isl_weight > 0
+    before = flat(_update_setup(config, 8)[1].params)
+    state, metrics = _run_updates(config, 8, [_synthetic_batch(8, 32, 6)])
+    assert set(metrics[0]) == set(settings.term_names())
+    assert all(np.isfinite(v) for v in metrics[0].values())
+    after = flat(state.params)
+    assert not np.array_equal(after["classifier/kernel"], before["classifier/kernel"])
+
+
+def test_gradient_flow_matches_the_reference_table(shapes_dir):  # noqa: F811
+    """Spec §3.7: which parameters each loss term reaches."""
+    config = tiny_config(shapes_dir)
+    model = cam.build_model(config, 6)
+    variables = jax.jit(cam._init_variables_fn(model, config))()
+    settings = cam.LossSettings.from_config(config.loss)
+    batch = _synthetic_batch(2, 32, 6)
+
+    def term_grads(params):
+        def term(name):
+            return lambda p: cam.cam_loss_fn(
+                p, variables["batch_stats"], batch["image"], batch["labels"],
+                jax.random.key(0), model=model, settings=settings,
+            )[1][name]  # fmt: skip
+
+        names = ("loss_gap1", "loss_gap2", "loss_isl", "loss_er", "loss_fsl",
+                 "loss_min_pool1", "loss_ecr")  # fmt: skip
+        return {name: jax.grad(term(name))(params) for name in names}
+
+    grads = jax.jit(term_grads)(variables["params"])
+
+    def reached(tree, prefix):
+        return any(
+            np.abs(np.asarray(g)).max() > 0
+            for path, g in optimizers.flatten_param_paths(tree).items()
+            if path.startswith(prefix) and not path.split("/")[-2].startswith("bn")
+        )
+
+    pcm = ("f8_3/", "f8_4/", "f9/")
+    for name in ("loss_gap1", "loss_gap2", "loss_isl", "loss_er", "loss_fsl"):
+        assert reached(grads[name], "b4/"), name
+        assert reached(grads[name], "fc8/"), name
+        assert not any(reached(grads[name], p) for p in pcm), name
+    for name in ("loss_min_pool1", "loss_ecr"):
+        assert all(reached(grads[name], p) for p in pcm), name
+        assert not reached(grads[name], "fc8/") and not reached(grads[name], "b4/"), name
+
+
+def test_max_steps_follows_the_reference():
+    config = cam_config.base_config()
+    assert cam.max_steps(config, 10582) == 10576
+    config.train.num_steps = 7
+    assert cam.max_steps(config, 10582) == 7
+    config.train.num_steps = None
+    with pytest.raises(ValueError, match="no training steps"):
+        cam.max_steps(config, 7)
