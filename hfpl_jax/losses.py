@@ -329,16 +329,20 @@ def _fsl_dense(x, y, cfg: _FslConfig):
 # --- exact: blocked rows of the pair matrix, built on the fly --------------------------------
 
 
-def _fsl_pair_weight_block(x_chan, x_chan_padded, g_row_pix, g_col_pix, img, start, cfg):
-    """Rows ``start:start+B`` of ``W = G * sx`` for image ``img``: ``(B, HW)``."""
+def _fsl_pair_weight_block(x_chan, x_chan_padded, g_row_pix, g_col_pix, start, cfg):
+    """Rows ``start:start+B`` of ``W = G * sx`` for every image: ``(N, B, HW)``.
+
+    Images stay a batch axis (no per-image loop), so that a batch sharded over devices stays
+    sharded through the loop over row blocks.
+    """
     b = cfg.block_size
-    xi = [jax.lax.dynamic_slice(xp, (img, start), (1, b))[0][:, None] for xp in x_chan_padded]
-    xj = [jax.lax.dynamic_index_in_dim(xk, img, 0, keepdims=False)[None, :] for xk in x_chan]
+    xi = [jax.lax.dynamic_slice_in_dim(xp, start, b, axis=1)[:, :, None] for xp in x_chan_padded]
+    xj = [xk[:, None, :] for xk in x_chan]
     sx = _pair_colour_weight(_pair_colour_distance(xi, xj, cfg.px), cfg.mu)
     gr = jax.lax.dynamic_slice_in_dim(g_row_pix, start, b)  # (B, H)
     gc = jax.lax.dynamic_slice_in_dim(g_col_pix, start, b)  # (B, W)
     g = (gr[:, :, None] * gc[:, None, :]).reshape(b, -1)
-    return sx * g
+    return sx * g[None]
 
 
 def _fsl_blocks(x, cfg: _FslConfig):
@@ -362,10 +366,16 @@ def _fsl_blocks(x, cfg: _FslConfig):
     return num_blocks, pad, x_chan, x_chan_padded, g_row_pix, g_col_pix
 
 
-def _fsl_exact_residual(x, y, cfg: _FslConfig):
-    """``r = (D - W) y`` per image, ``(N, HW, C)``, and the loss ``-(1/(N HW)) sum <y, r>``.
+def _unblock(blocks, hw: int):
+    """``(num_blocks, N, B, ...) -> (N, HW, ...)``: block outputs back in pixel order."""
+    nb, n, b = blocks.shape[:3]
+    return jnp.moveaxis(blocks, 0, 1).reshape(n, nb * b, *blocks.shape[3:])[:, :hw]
 
-    For py == 2. One ``(B, HW) @ (HW, C+1)`` product per row block gives both ``W y`` and the
+
+def _fsl_exact_residual(x, y, cfg: _FslConfig):
+    """``r = (D - W) y`` per image, ``(N, HW, C)``, for py == 2.
+
+    One ``(B, HW) @ (HW, C+1)`` product per image and row block gives both ``W y`` and the
     degrees ``d = W 1``, so ``r_i = d_i y_i - (W y)_i``. ``y`` arrives centred (see
     :func:`_fsl_quadratic`).
     """
@@ -375,16 +385,16 @@ def _fsl_exact_residual(x, y, cfg: _FslConfig):
     y_aug = jnp.concatenate([y, jnp.ones((n, hw, 1), y.dtype)], axis=-1)
     y_padded = jnp.pad(y, ((0, 0), (0, pad), (0, 0)))
 
-    def block(t):
-        img, start = t // num_blocks, (t % num_blocks) * b
-        wblk = _fsl_pair_weight_block(x_chan, x_chan_padded, g_row_pix, g_col_pix, img, start, cfg)
-        y_all = jax.lax.dynamic_index_in_dim(y_aug, img, 0, keepdims=False)
-        out = jnp.dot(wblk, y_all, precision=_HIGHEST, preferred_element_type=y.dtype)
-        yi = jax.lax.dynamic_slice(y_padded, _idx(img, start, 0), (1, b, c))[0]
-        return out[:, c:] * yi - out[:, :c]
+    def block(start):
+        wblk = _fsl_pair_weight_block(x_chan, x_chan_padded, g_row_pix, g_col_pix, start, cfg)
+        out = jnp.einsum(
+            "nbj,njc->nbc", wblk, y_aug, precision=_HIGHEST, preferred_element_type=y.dtype
+        )
+        yi = jax.lax.dynamic_slice_in_dim(y_padded, start, b, axis=1)
+        return out[..., c:] * yi - out[..., :c]
 
-    r = jax.lax.map(block, jnp.arange(n * num_blocks, dtype=jnp.int32))
-    return r.reshape(n, num_blocks * b, c)[:, :hw]
+    starts = jnp.arange(num_blocks, dtype=jnp.int32) * b
+    return _unblock(jax.lax.map(block, starts), hw)
 
 
 def _window_offsets(radius: int) -> np.ndarray:
@@ -502,16 +512,14 @@ def _fsl_exact_general(x, y, cfg: _FslConfig):
     valid = jnp.asarray(np.arange(num_blocks * b) < hw, y.dtype)
 
     @jax.checkpoint
-    def block(t):
-        img, start = t // num_blocks, (t % num_blocks) * b
-        wblk = _fsl_pair_weight_block(x_chan, x_chan_padded, g_row_pix, g_col_pix, img, start, cfg)
-        yi = jax.lax.dynamic_slice(y_padded, _idx(img, start, 0), (1, b, c))[0]
-        yj = jax.lax.dynamic_index_in_dim(y, img, 0, keepdims=False)
-        sy = _pair_prediction_term(yi[:, None, :], yj[None, :, :], cfg.py)
+    def block(start):
+        wblk = _fsl_pair_weight_block(x_chan, x_chan_padded, g_row_pix, g_col_pix, start, cfg)
+        yi = jax.lax.dynamic_slice_in_dim(y_padded, start, b, axis=1)
+        sy = _pair_prediction_term(yi[:, :, None, :], y[:, None, :, :], cfg.py)
         mask = jax.lax.dynamic_slice_in_dim(valid, start, b)
-        return jnp.sum(mask[:, None] * wblk * sy)
+        return jnp.sum(mask[None, :, None] * wblk * sy)
 
-    sums = jax.lax.map(block, jnp.arange(n * num_blocks, dtype=jnp.int32))
+    sums = jax.lax.map(block, jnp.arange(num_blocks, dtype=jnp.int32) * b)
     return -jnp.sum(sums) / (n * hw)
 
 
@@ -584,10 +592,12 @@ def _fsl_config(image, pred, mu, sigma, px, py, method, window_radius, block_siz
         raise ValueError(f"window_radius: expected an int >= 0, got {window_radius!r}")
     window_radius = min(int(window_radius), max(h, w) - 1)
     if block_size is None:
-        # ~2^20 pair weights per block (4 MB in float32; larger blocks are no faster on CPU); for
-        # py != 2 the block also holds C differences per pair.
-        target = 1 << 20 if py == 2.0 else max(1 << 16, (1 << 20) // max(1, pred.shape[-1]))
-        block_size = _auto_block_size(hw, target)
+        # ~2^20 pair weights per block over the batch (4 MB in float32; larger blocks are no
+        # faster on CPU); for py != 2 the block also holds C differences per pair.
+        per_image = max(1, (1 << 20) // n)
+        if py != 2.0:
+            per_image = max(1, per_image // pred.shape[-1])
+        block_size = _auto_block_size(hw, max(per_image, 8 * hw))
     if not isinstance(block_size, int | np.integer) or block_size < 1:
         raise ValueError(f"block_size: expected a positive int, got {block_size!r}")
     cfg = _FslConfig(method, h, w, mu, sigma, px, py, min(int(block_size), hw), window_radius)
@@ -619,7 +629,7 @@ def feature_similarity_loss(
       window_radius: ``windowed`` only: pairs with ``max(|dr|, |dc|) <= window_radius``;
         default ``ceil(4 sigma)``.
       block_size: ``exact`` only: pixel rows of the pair matrix per block (default: ~2^20 pair
-        weights per block).
+        weights per block over the batch, at least 8 rows).
 
     Returns the scalar, over all ordered pixel pairs (i, j) of each image, i = j included::
 

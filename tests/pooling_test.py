@@ -3,6 +3,7 @@ and against the official code's outputs (tests/testdata/golden_losses.npz, made 
 scripts/make_golden_losses.py)."""
 
 import os
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -83,9 +84,10 @@ def numerical_grad(f, x, step=1e-6):
     return g
 
 
-@pytest.fixture(scope="module")
-def rng():
-    return np.random.default_rng(1234)
+@pytest.fixture
+def rng(request):
+    """A generator seeded by the test's name: inputs do not depend on test order or workers."""
+    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 # ---------------------------------------------------------------------------------------------
