@@ -49,17 +49,23 @@ def scaled_size(n: int, scale: float) -> int:
 
 
 def source_indices_and_weights(
-    n_in: int, n_out: int, *, align_corners: bool, scale_factor: float | None = None
+    n_in: int,
+    n_out: int,
+    *,
+    align_corners: bool,
+    scale_factor: float | None = None,
+    dtype=np.float32,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Gather indices and weights of 1-D linear interpolation, PyTorch semantics.
 
     Returns ``(i0, i1, w0, w1)``, each of shape ``(n_out,)``: ``out[i] = w0[i] * x[i0[i]] +
-    w1[i] * x[i1[i]]``. Indices are int32; weights float32, computed in float32 like PyTorch's CPU
-    and CUDA kernels for float32 tensors (see the module docstring for the coordinate map).
+    w1[i] * x[i1[i]]``. Indices are int32; weights are computed in ``dtype``: float32 like
+    PyTorch's kernels for float32 (and half) tensors, float64 for float64 tensors (see the module
+    docstring for the coordinate map).
     """
     if n_in < 1 or n_out < 1:
         raise ValueError(f"resize: sizes must be >= 1, found input {n_in} and output {n_out}")
-    f32 = np.float32
+    f32 = np.dtype(dtype).type
     if n_in == n_out:
         # PyTorch copies the input whenever the sizes agree, even for a scale factor != 1.
         index = np.arange(n_out, dtype=np.int32)
@@ -84,16 +90,21 @@ def source_indices_and_weights(
 
 
 def interpolation_matrix(
-    n_in: int, n_out: int, *, align_corners: bool, scale_factor: float | None = None
+    n_in: int,
+    n_out: int,
+    *,
+    align_corners: bool,
+    scale_factor: float | None = None,
+    dtype=np.float32,
 ) -> np.ndarray:
-    """``(n_out, n_in)`` float32 matrix ``M`` with ``out = M @ x`` along one axis.
+    """``(n_out, n_in)`` matrix ``M`` (``dtype``) with ``out = M @ x`` along one axis.
 
     Row ``i`` holds ``w0[i]`` at column ``i0[i]`` and ``w1[i]`` at ``i1[i]`` (summed when equal).
     """
     i0, i1, w0, w1 = source_indices_and_weights(
-        n_in, n_out, align_corners=align_corners, scale_factor=scale_factor
+        n_in, n_out, align_corners=align_corners, scale_factor=scale_factor, dtype=dtype
     )
-    matrix = np.zeros((n_out, n_in), np.float32)
+    matrix = np.zeros((n_out, n_in), dtype)
     rows = np.arange(n_out)
     np.add.at(matrix, (rows, i0), w0)
     np.add.at(matrix, (rows, i1), w1)
@@ -105,8 +116,9 @@ def _interpolate_axis(x, axis: int, n_out: int, align_corners: bool, scale_facto
     if n_in == n_out:
         # PyTorch copies the input whenever the sizes agree, even for a scale factor != 1.
         return x
+    weight_dtype = np.float64 if x.dtype == jnp.float64 else np.float32
     matrix = interpolation_matrix(
-        n_in, n_out, align_corners=align_corners, scale_factor=scale_factor
+        n_in, n_out, align_corners=align_corners, scale_factor=scale_factor, dtype=weight_dtype
     )
     # A small dense matmul instead of a gather: its transpose (the gradient) is a matmul too, not a
     # scatter-add. HIGHEST precision keeps float32 accuracy on accelerators, where the default

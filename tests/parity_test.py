@@ -185,3 +185,64 @@ def test_param_groups_match_reference(arch, fixture):
     for name, label in zip(names, golden["group_labels"], strict=True):
         _, path, _ = weights.torch_name_to_flax(name, np.zeros(shapes[name]))
         assert models.param_label("/".join(path), arch) == LABELS[int(label)], name
+
+
+# ------------------------------------------------------------------------------------------------
+# The compare-torch tool (hfpl_jax/parity.py). CI has no reference checkout: the end-to-end run
+# happens only where HFPL_REFERENCE (or /work/ref/hfpl) points at one.
+
+
+def test_parity_tool_helpers(tmp_path):
+    from hfpl_jax import parity
+
+    assert parity.errors(np.array([1.0, 2.0]), np.array([1.0, 4.0])) == (2.0, 0.5)
+    assert parity.errors(np.zeros(3), np.zeros(3)) == (0.0, 0.0)
+    table = parity.Table()
+    table.add("forward/cam", 1e-6, 2e-7, 1e-4)
+    assert table.ok
+    table.add("grad[weight] (3 tensors)", 1e-2, 2e-3, 1e-3, "worst b3.conv")
+    assert not table.ok
+    text = table.render()
+    assert "forward/cam" in text and "NO" in text and "worst b3.conv" in text
+    assert parity._size("75x61") == (75, 61) and parity._size("64") == (64, 64)
+    source = (
+        "import torch\n"
+        "for ep in range(3):\n"
+        "    for iter, pack in enumerate(loader):\n"
+        "        a = 1\n"
+        "        loss = a + 1\n"
+        "        optimizer.step()\n"
+    )
+    body = parity._loop_statements(source, "x.py")
+    namespace = {}
+    exec(compile(body, "x.py", "exec"), namespace)  # noqa: S102
+    assert namespace["loss"] == 2 and "optimizer" not in namespace
+    with pytest.raises(ValueError, match="training loop"):
+        parity._loop_statements("x = 1\n", "x.py")
+    with pytest.raises(FileNotFoundError, match="not a checkout"):
+        parity.import_reference(str(tmp_path))
+
+
+def _reference_checkout():
+    path = os.environ.get("HFPL_REFERENCE", "/work/ref/hfpl")
+    if not os.path.isfile(os.path.join(path, "network", "resnet38_SEAM.py")):
+        pytest.skip("no checkout of the official HFPL code (set HFPL_REFERENCE)")
+    pytest.importorskip("torch")
+    return path
+
+
+@pytest.mark.slow
+def test_compare_torch_seam_end_to_end(tmp_path, capsys):
+    from hfpl_jax import parity
+
+    reference = _reference_checkout()
+    report = tmp_path / "seam.json"
+    code = parity.main(["--reference", reference, "--arch", "seam", "--size", "48",
+                        "--json", str(report)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    import json
+
+    rows = {r["quantity"]: r for r in json.load(open(report))["rows"]}
+    assert rows["loss/loss"]["max_rel"] <= 1e-4 and rows["forward/cam_rv"]["max_rel"] <= 1e-4
+    assert any(q.startswith("grad[scratch_weight]") for q in rows)

@@ -117,7 +117,8 @@ def build(
       width: channel multiplier (1.0 = the reference; 0.125 for tests and synthetic runs).
       blocks: blocks per stage (ResNet-38: b2..b5, full (3, 3, 6, 3); ResNet-50: layer1..4, full
         (3, 4, 6, 3)); ``None`` = full.
-      dtype: compute dtype (parameters stay float32).
+      dtype: compute dtype (parameters stay float32; outputs and BatchNorm use float32, or
+        float64 when ``dtype`` is float64, e.g. for float64 parity checks).
       batch_norm: "frozen" (running statistics, never updated) or "batch" (batch statistics over
         the global batch when ``train``). Default: the reference's choice for the stage ("batch"
         for ``deeplab_largefov``, "frozen" otherwise).

@@ -27,6 +27,7 @@ from hfpl_jax.models.layers import (
     Conv2d,
     check_images,
     kaiming_normal,
+    output_dtype,
     scaled_channels,
     xavier_uniform,
 )
@@ -84,10 +85,10 @@ def pair_affinities(features, from_idx, to_idx):
       from_idx: ``(P,)``; to_idx: ``(K * P,)`` flat indices into ``h * w``.
 
     Returns:
-      ``(N, K, P)`` float32.
+      ``(N, K, P)``, in the features' dtype promoted to at least float32.
     """
     n, h, w, d = features.shape
-    flat = features.astype(jnp.float32).reshape(n, h * w, d)
+    flat = features.astype(jnp.promote_types(features.dtype, jnp.float32)).reshape(n, h * w, d)
     num_from = len(from_idx)
     ff = jnp.take(flat, jnp.asarray(from_idx), axis=1)[:, None]  # (N, 1, P, D)
     ft = jnp.take(flat, jnp.asarray(to_idx), axis=1).reshape(n, -1, num_from, d)
@@ -102,7 +103,7 @@ def dense_affinity(aff, from_idx, to_idx, area: int):
     n = aff.shape[0]
     from_rep = np.tile(np.asarray(from_idx), aff.shape[1])
     values = aff.reshape(n, -1)
-    dense = jnp.zeros((n, area, area), jnp.float32)
+    dense = jnp.zeros((n, area, area), aff.dtype)
     dense = dense.at[:, from_rep, np.asarray(to_idx)].set(values)
     dense = dense.at[:, np.asarray(to_idx), from_rep].set(values)
     diag = np.arange(area)
@@ -151,7 +152,7 @@ class AffinityNet(nn.Module):
             dtype=self.dtype,
             name="f9",
         )
-        x = nn.elu(f9(jnp.concatenate(heads, axis=-1))).astype(jnp.float32)
+        x = nn.elu(f9(jnp.concatenate(heads, axis=-1))).astype(output_dtype(self.dtype))
         hw = x.shape[1:3]
         from_idx, to_idx = pair_indices(radius_for(hw, self.radius), hw)
         return {"features": x, "affinity": pair_affinities(x, from_idx, to_idx)}

@@ -27,6 +27,7 @@ from hfpl_jax.models.layers import (
     Conv2d,
     check_images,
     kaiming_normal,
+    output_dtype,
     scaled_channels,
     use_running_average,
 )
@@ -80,5 +81,7 @@ class DeepLabLargeFOV(nn.Module):
             self.num_classes + 1, 1, use_bias=True, kernel_init=fan_out, dtype=self.dtype,
             name="cls_conv",
         )(x)  # fmt: skip
-        logits = resize_bilinear(x.astype(jnp.float32), (height, width_px), align_corners=True)
+        logits = resize_bilinear(
+            x.astype(output_dtype(self.dtype)), (height, width_px), align_corners=True
+        )
         return {"logits": logits}

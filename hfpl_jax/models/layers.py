@@ -4,7 +4,8 @@
   ``'SAME'`` pads ``(0, 1)`` on even sizes for strided convs, which gives the same shape but
   different values). Kernel ``(kh, kw, in, out)`` (HWIO), the transpose ``(2, 3, 1, 0)`` of
   PyTorch's OIHW.
-- ``BatchNorm``: ``y = (x - mean) / sqrt(var + eps) * scale + bias`` per channel, in float32.
+- ``BatchNorm``: ``y = (x - mean) / sqrt(var + eps) * scale + bias`` per channel, in float32
+  (float64 when the compute dtype is float64).
   With batch statistics (``use_running_average=False``) ``mean`` and ``var`` are the biased moments
   over (N, H, W) of the *global* batch (a ``jnp.mean`` over a sharded array is global under
   ``jax.jit``), and the running statistics follow PyTorch:
@@ -58,6 +59,11 @@ def torch_default_bias_init(fan_in: int) -> Initializer:
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
     return init
+
+
+def output_dtype(dtype) -> Any:
+    """The dtype of normalisation and model outputs: ``dtype`` promoted to at least float32."""
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 def scaled_channels(channels: int, width: float) -> int:
@@ -130,7 +136,8 @@ class BatchNorm(nn.Module):
         num_batches = self.variable(
             "batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32)
         )
-        xf = x.astype(jnp.float32)
+        compute = output_dtype(self.dtype)
+        xf = x.astype(compute)
         if use_running_average:
             mean, var = running_mean.value, running_var.value
         else:
@@ -142,14 +149,13 @@ class BatchNorm(nn.Module):
                 count = int(np.prod([x.shape[a] for a in axes]))
                 unbiased = var * (count / max(count - 1, 1))
                 m = self.momentum
-                running_mean.value = m * running_mean.value + (1.0 - m) * jax.lax.stop_gradient(
-                    mean
-                )
-                running_var.value = m * running_var.value + (1.0 - m) * jax.lax.stop_gradient(
-                    unbiased
-                )
+                new_mean = m * running_mean.value + (1.0 - m) * jax.lax.stop_gradient(mean)
+                new_var = m * running_var.value + (1.0 - m) * jax.lax.stop_gradient(unbiased)
+                running_mean.value = new_mean.astype(running_mean.value.dtype)
+                running_var.value = new_var.astype(running_var.value.dtype)
                 num_batches.value = num_batches.value + 1
-        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+        y = (xf - mean.astype(compute)) * jax.lax.rsqrt(var.astype(compute) + self.epsilon)
+        y = y * scale.astype(compute) + bias.astype(compute)
         return y.astype(self.dtype)
 
 

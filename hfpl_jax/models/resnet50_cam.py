@@ -40,6 +40,7 @@ from hfpl_jax.models.layers import (
     check_blocks,
     check_images,
     kaiming_normal,
+    output_dtype,
     scaled_channels,
     use_running_average,
     xavier_uniform,
@@ -167,6 +168,6 @@ class ResNet50CAM(nn.Module):
         logits = Conv2d(
             self.num_classes + 1, 1, kernel_init=xavier_uniform(1.0), dtype=self.dtype,
             name="classifier",
-        )(x).astype(jnp.float32)  # fmt: skip
+        )(x).astype(output_dtype(self.dtype))  # fmt: skip
         cam = resize_bilinear(logits, (height, width_px), align_corners=True)
         return {"cam": cam, "logits": logits}

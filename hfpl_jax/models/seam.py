@@ -34,6 +34,7 @@ from hfpl_jax.models.layers import (
     Dropout2d,
     check_images,
     kaiming_normal,
+    output_dtype,
     scaled_channels,
     xavier_uniform,
 )
@@ -54,7 +55,7 @@ def _safe_norm(x, axis):
 
 def normalized_cam_for_pcm(logits):
     """SEAM's ``cam_d_norm`` (step 3 of the module docstring), a constant: ``(N,h,w,C) -> same``."""
-    cam = jax.lax.stop_gradient(logits.astype(jnp.float32))
+    cam = jax.lax.stop_gradient(logits.astype(output_dtype(logits.dtype)))
     cam_d = nn.relu(cam)
     cam_d_max = jnp.max(cam_d, axis=(1, 2), keepdims=True) + 1e-5
     norm = nn.relu(cam_d - 1e-5) / cam_d_max
@@ -72,11 +73,12 @@ def pixel_correlation(cam, features):
     column-normalised affinity ``A`` of the L2-normalised features.
     """
     n, h, w, c = cam.shape
-    g = features.astype(jnp.float32).reshape(n, h * w, -1)
+    dtype = output_dtype(jnp.promote_types(cam.dtype, features.dtype))
+    g = features.astype(dtype).reshape(n, h * w, -1)
     g = g / (_safe_norm(g, axis=-1) + 1e-5)
     affinity = nn.relu(jnp.einsum("nid,njd->nij", g, g))
     affinity = affinity / (jnp.sum(affinity, axis=1, keepdims=True) + 1e-5)
-    cam_rv = jnp.einsum("nic,nij->njc", cam.reshape(n, h * w, c).astype(jnp.float32), affinity)
+    cam_rv = jnp.einsum("nic,nij->njc", cam.reshape(n, h * w, c).astype(dtype), affinity)
     return cam_rv.reshape(n, h, w, c)
 
 
@@ -118,7 +120,7 @@ class SEAM(nn.Module):
         )
         logits = Conv2d(
             self.num_classes + 1, 1, kernel_init=xavier_uniform(1.0), dtype=self.dtype, name="fc8"
-        )(conv6).astype(jnp.float32)
+        )(conv6).astype(output_dtype(self.dtype))
         h, w = logits.shape[1:3]
 
         cam_d_norm = normalized_cam_for_pcm(logits)

@@ -1,0 +1,539 @@
+"""``hfpl-jax compare-torch``: run the official PyTorch code and hfpl-jax side by side.
+
+Imports the user's checkout of the official HFPL code (``--reference``), loads identical weights
+into the reference module and the Flax model (``--weights``: a reference checkpoint ``.pth``, the
+ImageNet ResNet-38 ``.params`` with seeded heads, or, by default, every tensor derived from
+``--seed`` by ``hfpl_jax.weights.seeded_state_dict``), runs identical inputs and prints, for every
+output and for the gradient of a loss with respect to every parameter group, the maximum absolute
+and relative error. The relative error of an array is ``max |jax - torch| / max |torch|``. Exits 1
+when an error exceeds ``--forward-tol`` (outputs, loss values) or ``--grad-tol`` (gradients).
+
+Loss per arch:
+
+- ``seam``: the full CAM training loss of the reference (``train_cam_voc.py``): the statements of
+  its training loop, from the top of the loop body to ``loss = ...``, are read from the checkout
+  with ``ast`` and executed with the reference network (nothing of the reference is copied into
+  hfpl-jax); the JAX side is ``hfpl_jax.train.cam.cam_loss_fn``. Both sides run with dropout off
+  (so the two branches are deterministic) and the importance-sampling draws replaced by the same
+  fixed indices.
+- ``affinity``: ``sum(cos(0.37 i) * affinity)`` (a fixed linear test loss).
+- ``deeplab_largefov``: pixel-wise cross entropy against fixed random targets, with the final
+  stage's training-mode BatchNorm (batch statistics) and dropout off.
+
+The comparison runs on the CPU in float32 with ``jax_default_matmul_precision="highest"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+import types
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+
+ARCHS = ("seam", "affinity", "deeplab_largefov")
+
+
+# ------------------------------------------------------------------------------------------------
+# The reference checkout
+
+
+def import_reference(reference: str) -> None:
+    """Put the checkout (and its ``lib/``) on ``sys.path``, with shims for current libraries.
+
+    Shims (none edits the reference): ``np.bool`` -> ``bool``; ``torch.Tensor.cuda`` returns the
+    tensor (CPU run); ``pydensecrf`` (imported by ``tool/visualization.py``, unused here) is a stub.
+    """
+    reference = os.path.abspath(reference)
+    for marker in ("network/resnet38_SEAM.py", "tool/probutils.py"):
+        if not os.path.isfile(os.path.join(reference, marker)):
+            raise FileNotFoundError(
+                f"--reference {reference!r} is not a checkout of the official HFPL code "
+                f"(missing {marker})"
+            )
+    for path in (reference, os.path.join(reference, "lib")):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    if not hasattr(np, "bool"):
+        np.bool = bool  # noqa: NPY001 - the reference still uses np.bool
+    import torch
+
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    # The reference has `version is 'torch'` comparisons that current Python warns about.
+    warnings.filterwarnings("ignore", category=SyntaxWarning)
+    if "pydensecrf" not in sys.modules:
+        try:
+            import pydensecrf  # noqa: F401
+        except ImportError:
+            stub = types.ModuleType("pydensecrf")
+            stub.densecrf = types.ModuleType("pydensecrf.densecrf")
+            stub.utils = types.ModuleType("pydensecrf.utils")
+            stub.utils.unary_from_softmax = None
+            sys.modules.update({"pydensecrf": stub, "pydensecrf.densecrf": stub.densecrf,
+                                "pydensecrf.utils": stub.utils})  # fmt: skip
+
+
+def build_reference(arch: str, num_classes: int):
+    """The reference's module for ``arch`` (``num_classes`` 20: VOC nets; 80: the COCO SEAM)."""
+    if arch == "seam":
+        if num_classes == 20:
+            from network.resnet38_SEAM import Net
+        elif num_classes == 80:
+            from network.resnet38_SEAM_coco import Net
+        else:
+            raise ValueError(
+                f"the reference SEAM has 20 (VOC) or 80 (COCO) classes, not {num_classes}"
+            )
+        return Net()
+    if arch == "affinity":
+        from network.resnet38_aff import Net
+
+        return Net()
+    if arch == "deeplab_largefov":
+        from net.deeplabv1 import deeplabv1
+
+        config = types.SimpleNamespace(
+            MODEL_BACKBONE="resnet38",
+            MODEL_BACKBONE_PRETRAIN=False,
+            MODEL_NUM_CLASSES=num_classes + 1,
+            TRAIN_BN_MOM=0.0003,
+        )
+        return deeplabv1(config)
+    raise ValueError(f"--arch must be one of {ARCHS}, found {arch!r}")
+
+
+def _disable_dropout(net) -> None:
+    import torch
+
+    for module in net.modules():
+        if isinstance(module, torch.nn.Dropout | torch.nn.Dropout2d):
+            module.p = 0.0
+
+
+def _set_training_flags(net, training: bool) -> None:
+    """Set ``.training`` on every module directly: ``resnet38d.Net.train()`` is overridden (it
+    forces BN to eval) and only some stages call it."""
+    for module in net.modules():
+        module.training = training
+
+
+def _loop_statements(source: str, path: str) -> ast.Module:
+    """The training-loop statements of ``train_cam_voc.py`` up to ``loss = ...``."""
+    for node in ast.walk(ast.parse(source)):
+        if (
+            isinstance(node, ast.For)
+            and isinstance(node.target, ast.Tuple)
+            and [getattr(e, "id", None) for e in node.target.elts] == ["iter", "pack"]
+        ):
+            body = []
+            for statement in node.body:
+                body.append(statement)
+                if (
+                    isinstance(statement, ast.Assign)
+                    and isinstance(statement.targets[0], ast.Name)
+                    and statement.targets[0].id == "loss"
+                ):
+                    return ast.Module(body=body, type_ignores=[])
+    raise ValueError(
+        f"{path}: the training loop ('for iter, pack in ...: ... loss = ...') is missing"
+    )
+
+
+def _module_functions(source: str, names: tuple[str, ...], path: str) -> ast.Module:
+    defs = [n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name in names]
+    if len(defs) != len(names):
+        raise ValueError(f"{path}: expected the functions {names}")
+    return ast.Module(body=defs, type_ignores=[])
+
+
+def reference_cam_loss(reference: str, net, images, labels, isl_indices, *, num_samples: int):
+    """Run the reference's CAM-training loss on ``net``: returns the loop's namespace.
+
+    ``images`` NCHW tensor, ``labels`` ``(N, K)`` tensor, ``isl_indices`` ``(N*K, S)`` int64 used in
+    place of ``torch.multinomial``.
+    """
+    import torch
+    import torch.nn.functional as F
+    from tool import probutils, visualization
+
+    path = os.path.join(os.path.abspath(reference), "train_cam_voc.py")
+    with open(path) as f:
+        source = f.read()
+    functions = compile(
+        _module_functions(source, ("adaptive_min_pooling_loss", "max_onehot"), path), path, "exec"
+    )
+    body = compile(_loop_statements(source, path), path, "exec")
+    namespace = {
+        "torch": torch,
+        "F": F,
+        "np": np,
+        "probutils": probutils,
+        "visualization": visualization,
+        "model": net,
+        "pack": (["image"] * images.shape[0], images, labels),
+        "args": argparse.Namespace(
+            loss_weight=0.2, num_samples=num_samples, fsl=True, fsl_mu=2.5, fsl_sigma=5.0
+        ),
+    }
+    original = torch.multinomial
+    torch.multinomial = lambda probs, num_samples, replacement=False: torch.from_numpy(isl_indices)
+    try:
+        exec(functions, namespace)  # noqa: S102 - the reference's own code, by design
+        exec(body, namespace)  # noqa: S102
+    finally:
+        torch.multinomial = original
+    return namespace
+
+
+# ------------------------------------------------------------------------------------------------
+# Comparison
+
+
+def errors(got, want) -> tuple[float, float]:
+    """``(max |got - want|, max |got - want| / max |want|)`` in float64."""
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        raise ValueError(f"shape mismatch: jax {got.shape} vs torch {want.shape}")
+    abs_err = float(np.max(np.abs(got - want))) if got.size else 0.0
+    scale = float(np.max(np.abs(want))) if want.size else 0.0
+    return abs_err, (abs_err / scale if scale > 0 else (0.0 if abs_err == 0 else float("inf")))
+
+
+class Table:
+    """Rows of (quantity, max abs, max rel, tolerance, detail)."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def add(self, quantity: str, abs_err: float, rel_err: float, tol: float, detail: str = ""):
+        self.rows.append({"quantity": quantity, "max_abs": abs_err, "max_rel": rel_err,
+                          "tol": tol, "ok": bool(rel_err <= tol), "detail": detail})  # fmt: skip
+
+    @property
+    def ok(self) -> bool:
+        return all(r["ok"] for r in self.rows)
+
+    def render(self) -> str:
+        width = max(len(r["quantity"]) for r in self.rows) + 2
+        lines = [f"{'quantity'.ljust(width)}{'max abs':>11}{'max rel':>11}{'tol':>9}  ok   detail"]
+        for r in self.rows:
+            lines.append(
+                f"{r['quantity'].ljust(width)}{r['max_abs']:11.2e}{r['max_rel']:11.2e}"
+                f"{r['tol']:9.0e}  {'yes' if r['ok'] else 'NO '}  {r['detail']}"
+            )
+        return "\n".join(lines)
+
+
+def _nchw(x):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+
+
+def _nhwc(t) -> np.ndarray:
+    return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+def add_gradient_rows(table: Table, torch_grads: dict, jax_grads: dict, arch: str, tol: float):
+    """One row per parameter group (``hfpl_jax.models.param_label``): the worst tensor's error."""
+    from hfpl_jax import models, weights
+
+    groups: dict[str, list[tuple[str, float, float]]] = {}
+    for name, want in torch_grads.items():
+        got = jax_grads[name]
+        collection, path, _ = weights.torch_name_to_flax(name, want)
+        label = models.param_label("/".join(path), arch)
+        abs_err, rel_err = errors(got, want)
+        groups.setdefault(label, []).append((name, abs_err, rel_err))
+    for label in sorted(groups):
+        entries = groups[label]
+        worst = max(entries, key=lambda e: e[2])
+        table.add(
+            f"grad[{label}] ({len(entries)} tensors)",
+            max(e[1] for e in entries),
+            worst[2],
+            tol,
+            f"worst {worst[0]}",
+        )
+
+
+def _flax_variables(state: dict, arch: str, args) -> dict:
+    """``weights.from_torch`` as jax arrays; floating leaves in float64 with ``--float64`` (so the
+    gradients, which JAX returns in the parameters' dtype, are not rounded to float32)."""
+    import jax
+    import jax.numpy as jnp
+
+    from hfpl_jax import weights
+
+    def convert(a):
+        a = jnp.asarray(a)
+        return a.astype(args.jnp_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+
+    return jax.tree.map(convert, weights.from_torch(state, arch))
+
+
+def _torch_param_grads(net) -> dict[str, np.ndarray]:
+    return {n: p.grad.numpy().copy() for n, p in net.named_parameters() if p.grad is not None}
+
+
+def load_weights(args, arch: str) -> dict[str, np.ndarray]:
+    """Torch-named arrays for both frameworks (see ``--weights``)."""
+    from hfpl_jax import weights
+
+    seeded = weights.seeded_state_dict(arch, args.seed, args.num_classes)
+    if args.weights is None:
+        return seeded
+    path = args.weights
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--weights {path!r} does not exist")
+    if path.endswith(".params"):
+        backbone = weights.convert_mxnet_to_torch(weights.read_mxnet_params(path), source=path)
+        prefix = "backbone." if arch == "deeplab_largefov" else ""
+        state = dict(seeded)
+        state.update({prefix + k: v.astype(np.float32) for k, v in backbone.items()})
+        return state
+    state = weights.to_torch(weights.from_torch(weights._torch_load(path), arch), arch)
+    return state
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-arch runs
+
+
+def compare_seam(args, net, state, table: Table) -> None:
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from hfpl_jax import models, weights
+    from hfpl_jax.image_ops import scaled_size
+    from hfpl_jax.losses import importance_sampling_loss_from_indices
+    from hfpl_jax.train.cam import LossSettings, cam_loss_fn
+
+    rng = np.random.default_rng(args.seed + 1)
+    n, (h, w), k = args.batch, args.size, args.num_classes
+    images = rng.standard_normal((n, h, w, 3)).astype(args.np_dtype)
+    labels = (rng.random((n, k)) < 3.0 / k).astype(args.np_dtype)
+    labels[np.arange(n), rng.integers(0, k, n)] = 1.0  # every image has a label
+    model = models.build("seam", k, dropout=False, dtype=args.jnp_dtype)
+    variables = _flax_variables(state, "seam", args)
+
+    # Forward, eval mode.
+    net.eval()
+    with torch.no_grad():
+        cam, cam_rv, logits = net(_nchw(images))
+    out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, jnp.asarray(images))
+    for name, value in (("cam", cam), ("cam_rv", cam_rv), ("logits", logits)):
+        table.add(f"forward/{name}", *errors(out[name], _nhwc(value)), args.forward_tol,
+                  str(tuple(out[name].shape)))  # fmt: skip
+
+    # The full CAM loss and its gradients; dropout off, same ISL draws.
+    hl, wl = out["logits"].shape[1:3]
+    isl_indices = rng.integers(0, hl * wl, size=(n * k, args.num_samples)).astype(np.int64)
+    _disable_dropout(net)
+    net.train()  # the reference's override: BN eval, conv1a/b2* and BN frozen
+    for p in net.parameters():
+        p.requires_grad_(True)  # compare every gradient, frozen ones included
+    net.zero_grad()
+    namespace = reference_cam_loss(
+        args.reference, net, _nchw(images), torch.from_numpy(labels), isl_indices,
+        num_samples=args.num_samples,
+    )  # fmt: skip
+    namespace["loss"].backward()
+    torch_grads = _torch_param_grads(net)
+
+    indices = jnp.asarray(isl_indices.reshape(n, k, args.num_samples).transpose(0, 2, 1))
+
+    def isl_fn(key, logits_, labels_):
+        return importance_sampling_loss_from_indices(logits_[..., 1:], labels_, indices)
+
+    settings = LossSettings(isl_num_samples=args.num_samples)
+    small = (scaled_size(h, 0.3), scaled_size(w, 0.3))
+    loss_fn = jax.jit(jax.value_and_grad(
+        lambda p: cam_loss_fn(p, variables["batch_stats"], jnp.asarray(images),
+                              jnp.asarray(labels), jax.random.key(0), model=model,
+                              settings=settings, isl_fn=isl_fn),
+        has_aux=True,
+    ))  # fmt: skip
+    (_, terms), grads = loss_fn(variables["params"])
+    pairs = {"loss": "loss", "loss_cls": "loss_cls", "loss_er": "loss_er",
+             "loss_ecr": "loss_ecr", "loss_fsl": "loss_fs1"}  # fmt: skip
+    for jax_name, torch_name in pairs.items():
+        want = float(namespace[torch_name].item())
+        table.add(f"loss/{jax_name}", *errors(terms[jax_name], want), args.forward_tol,
+                  f"{want:.6g} (branch 2 at {small[0]}x{small[1]})")  # fmt: skip
+    jax_grads = weights.to_torch({"params": jax.tree.map(np.asarray, grads)})
+    add_gradient_rows(table, torch_grads, jax_grads, "seam", args.grad_tol)
+
+
+def _linear_test_weights(shape, dtype=np.float32) -> np.ndarray:
+    size = int(np.prod(shape))
+    return np.cos(0.37 * np.arange(size, dtype=np.float64)).astype(dtype).reshape(shape)
+
+
+def compare_affinity(args, net, state, table: Table) -> None:
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from hfpl_jax import models, weights
+
+    rng = np.random.default_rng(args.seed + 1)
+    images = rng.standard_normal((args.batch, *args.size, 3)).astype(args.np_dtype)
+    model = models.build("affinity", 0, dtype=args.jnp_dtype)
+    variables = _flax_variables(state, "affinity", args)
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(True)
+    net.zero_grad()
+    aff = net(_nchw(images))
+    weights_ = _linear_test_weights(tuple(aff.shape), args.np_dtype)
+    (aff * torch.from_numpy(weights_)).sum().backward()
+    torch_grads = _torch_param_grads(net)
+
+    def loss(params):
+        out = model.apply({**variables, "params": params}, jnp.asarray(images), train=False)
+        return jnp.sum(out["affinity"] * weights_), out
+
+    grads, out = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+    table.add("forward/affinity", *errors(out["affinity"], aff.detach().numpy()),
+              args.forward_tol, str(tuple(aff.shape)))  # fmt: skip
+    jax_grads = weights.to_torch({"params": jax.tree.map(np.asarray, grads)})
+    add_gradient_rows(table, torch_grads, jax_grads, "affinity", args.grad_tol)
+
+
+def compare_deeplab(args, net, state, table: Table) -> None:
+    import jax
+    import jax.numpy as jnp
+    import torch
+    import torch.nn.functional as F
+
+    from hfpl_jax import models, weights
+
+    rng = np.random.default_rng(args.seed + 1)
+    n, (h, w), k = max(args.batch, 2), args.size, args.num_classes
+    images = rng.standard_normal((n, h, w, 3)).astype(args.np_dtype)
+    targets = rng.integers(0, k + 1, size=(n, h, w))
+    model = models.build("deeplab_largefov", k, dropout=False, dtype=args.jnp_dtype)
+    variables = _flax_variables(state, "deeplab_largefov", args)
+    net.eval()
+    with torch.no_grad():
+        logits_eval = net(_nchw(images))
+    out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, jnp.asarray(images))
+    table.add("forward/logits (eval)", *errors(out["logits"], _nhwc(logits_eval)),
+              args.forward_tol, str(tuple(out["logits"].shape)))  # fmt: skip
+
+    _disable_dropout(net)
+    _set_training_flags(net, True)  # the final stage: BN with batch statistics
+    for p in net.parameters():
+        p.requires_grad_(True)  # net.eval() ran the backbone's Net.train(False), which froze some
+    net.zero_grad()
+    logits = net(_nchw(images))
+    F.cross_entropy(logits, torch.from_numpy(targets)).backward()
+    torch_grads = _torch_param_grads(net)
+
+    def loss(params):
+        out, _ = model.apply({**variables, "params": params}, jnp.asarray(images), train=True,
+                             mutable=["batch_stats"])  # fmt: skip
+        log_p = jax.nn.log_softmax(out["logits"], axis=-1)
+        nll = -jnp.take_along_axis(log_p, jnp.asarray(targets)[..., None], axis=-1)
+        return jnp.mean(nll), out
+
+    grads, out = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+    table.add("forward/logits (batch stats)", *errors(out["logits"], _nhwc(logits)),
+              args.forward_tol, str(tuple(out["logits"].shape)))  # fmt: skip
+    jax_grads = weights.to_torch({"params": jax.tree.map(np.asarray, grads)})
+    add_gradient_rows(table, torch_grads, jax_grads, "deeplab_largefov", args.grad_tol)
+
+
+_RUNS: dict[str, Callable] = {
+    "seam": compare_seam,
+    "affinity": compare_affinity,
+    "deeplab_largefov": compare_deeplab,
+}
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--size: expected H or HxW, found {text!r}") from e
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 16:
+        raise argparse.ArgumentTypeError(f"--size: expected H or HxW >= 16, found {text!r}")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``hfpl-jax compare-torch --reference PATH [--arch seam] [--weights F] ...``."""
+    parser = argparse.ArgumentParser(
+        prog="hfpl-jax compare-torch",
+        description="Compare hfpl-jax with the official PyTorch code on identical weights/inputs.",
+    )
+    parser.add_argument("--reference", required=True, help="checkout of the official HFPL code")
+    parser.add_argument("--arch", default="seam", choices=ARCHS)
+    parser.add_argument("--weights", default=None, help="reference checkpoint (.pth) or the "
+                        "ImageNet .params (heads seeded); default: all seeded")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights, inputs, labels")
+    parser.add_argument("--num-classes", type=int, default=20, help="foreground classes")
+    parser.add_argument("--size", type=_size, default=(64, 64), help="input H or HxW (>= 16)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--num-samples", type=int, default=10, help="ISL draws per class")
+    parser.add_argument("--forward-tol", type=float, default=1e-4)
+    parser.add_argument("--grad-tol", type=float, default=1e-3)
+    parser.add_argument("--json", default=None, help="also write the table as JSON here")
+    parser.add_argument(
+        "--float64",
+        action="store_true",
+        help="run both frameworks in float64: separates implementation differences from float32 "
+        "rounding amplified by ill-conditioned layers (e.g. batch statistics on tiny maps)",
+    )
+    args = parser.parse_args(argv)
+    if args.batch < 1:
+        parser.error("--batch must be >= 1")
+    args.np_dtype = np.float64 if args.float64 else np.float32
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+    if args.float64:
+        jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import torch
+
+    args.jnp_dtype = jnp.float64 if args.float64 else jnp.float32
+    torch.manual_seed(args.seed)
+    import_reference(args.reference)
+    net = build_reference(args.arch, args.num_classes)
+    state = load_weights(args, args.arch)
+    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
+    if args.float64:
+        net.double()
+    table = Table()
+    _RUNS[args.arch](args, net, state, table)
+    print(f"hfpl-jax vs reference {os.path.abspath(args.reference)}: arch {args.arch}, input "
+          f"{args.batch}x{args.size[0]}x{args.size[1]}, weights "
+          f"{args.weights or f'seeded ({args.seed})'}, torch {torch.__version__}, "
+          f"jax {jax.__version__}, {'float64' if args.float64 else 'float32'}, matmul precision "
+          "highest")  # fmt: skip
+    print("relative error = max|jax - torch| / max|torch| per array (worst tensor per group)")
+    print(table.render())
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"arch": args.arch, "ok": table.ok, "rows": table.rows}, f, indent=2)
+        os.replace(tmp, args.json)
+    print("PASS" if table.ok else "FAIL: an error exceeds its tolerance")
+    return 0 if table.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
