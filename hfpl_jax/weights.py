@@ -590,7 +590,8 @@ def merge_variables(base: Mapping, update: Mapping) -> tuple[dict, int]:
             )
     for key, value in flat_base.items():
         if key in flat_update:
-            new = np.asarray(flat_update[key]).astype(np.asarray(value).dtype)
+            dtype = value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype
+            new = np.asarray(flat_update[key]).astype(dtype)
             replaced += 1
         else:
             new = value

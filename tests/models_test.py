@@ -324,3 +324,38 @@ def test_initializers_match_torch_formulas(tiny_seam):
     assert bound * 0.99 < np.abs(conv).max() <= bound
     bn = p["b4"]["bn_branch2a"]
     assert np.all(np.asarray(bn["scale"]) == 1) and np.all(np.asarray(bn["bias"]) == 0)
+
+
+def test_param_labels_drive_optax_groups(tiny_seam):
+    """``param_labels`` + ``optax.multi_transform``: frozen tensors never move; lr multipliers."""
+    import optax
+
+    _, variables = tiny_seam
+    params = variables["params"]
+    labels = models.param_labels(params, "seam")
+    lr = 0.1
+    tx = optax.multi_transform(
+        {label: optax.sgd(lr * mult) if mult else optax.set_to_zero()
+         for label, mult in models.LR_MULTIPLIERS.items()},
+        labels,
+    )  # fmt: skip
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert np.all(np.asarray(updates["conv1a"]["kernel"]) == 0)
+    assert np.all(np.asarray(updates["b3"]["bn_branch2a"]["scale"]) == 0)
+    np.testing.assert_allclose(np.asarray(updates["b3"]["conv_branch2a"]["kernel"]), -lr)
+    np.testing.assert_allclose(np.asarray(updates["fc8"]["kernel"]), -10 * lr)
+    assert models.WEIGHT_DECAY["weight"] and not models.WEIGHT_DECAY["frozen"]
+
+
+def test_bfloat16_compute_keeps_float32_params_and_outputs(tiny_seam):
+    _, variables = tiny_seam
+    model = models.build("seam", NUM_CLASSES, dtype=jnp.bfloat16, **TINY)
+    images = jax.random.normal(jax.random.key(1), (1, 32, 32, 3))
+    out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
+    assert all(v.dtype == jnp.float32 for v in out.values())
+    full = models.build("seam", NUM_CLASSES, **TINY).apply(variables, images, train=False)
+    # bfloat16 convolutions: ~3 significant digits.
+    assert float(jnp.max(jnp.abs(out["cam"] - full["cam"]))) < 0.05 * float(
+        jnp.max(jnp.abs(full["cam"]))
+    )
