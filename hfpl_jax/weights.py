@@ -540,10 +540,15 @@ def from_torch(state_dict: Mapping[str, Any], arch: str, *, strict: bool = True)
             if tuple(arrays[n].shape) != tuple(expected[n])
         )
         if missing or unexpected or wrong:
+            hint = ""
+            if arch == "resnet50_cam" and missing == ["classifier.weight"]:
+                hint = (" (a torchvision ImageNet state dict has no CAM classifier: use "
+                        "strict=False and merge_variables, or load_pretrained)")  # fmt: skip
             raise ValueError(
                 f"state dict does not match arch {arch!r} (inferred {size}): missing {missing[:6]}"
                 f"{'...' if len(missing) > 6 else ''} ({len(missing)}), unexpected "
                 f"{unexpected[:6]} ({len(unexpected)}), wrong shapes {wrong[:6]} ({len(wrong)})"
+                + hint
             )
     variables: dict = {"params": {}, "batch_stats": {}}
     for name, array in arrays.items():

@@ -359,3 +359,26 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs(tiny_seam):
     assert float(jnp.max(jnp.abs(out["cam"] - full["cam"]))) < 0.05 * float(
         jnp.max(jnp.abs(full["cam"]))
     )
+
+
+def test_batch_statistics_are_global_under_data_sharding():
+    """BN batch statistics over a batch sharded across devices equal the unsharded ones."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    devices = jax.devices()
+    if len(devices) < 2:
+        pytest.skip("needs several (fake) devices")
+    mesh = jax.make_mesh((len(devices),), ("data",))
+    x = np.random.default_rng(0).standard_normal((2 * len(devices), 3, 5, 4)).astype(np.float32)
+    x[: len(devices)] += 3.0  # per-device statistics would differ from the global ones
+    bn = layers.BatchNorm(momentum=0.5)
+    variables = bn.init(jax.random.key(0), x, use_running_average=False)
+    apply = jax.jit(lambda v, x: bn.apply(v, x, use_running_average=False, mutable=["batch_stats"]))
+    sharded = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
+    y_sharded, stats_sharded = apply(variables, sharded)
+    y, stats = apply(variables, x)
+    np.testing.assert_allclose(np.asarray(y_sharded), np.asarray(y), atol=1e-5)
+    np.testing.assert_allclose(stats_sharded["batch_stats"]["mean"], 0.5 * x.mean((0, 1, 2)),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(stats_sharded["batch_stats"]["var"],
+                               stats["batch_stats"]["var"], rtol=1e-5)  # fmt: skip
