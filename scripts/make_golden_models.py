@@ -1,8 +1,14 @@
 """Make the golden fixtures of the models area by running the official PyTorch code.
 
-Command that produced the committed fixtures (torch 2.13.0 CPU, float32, 1 thread):
+Commands that produced the committed fixtures (torch 2.13.0 CPU, float32, 1 thread):
 
-    .venv/bin/python scripts/make_golden_models.py --reference /work/ref/hfpl --out tests/testdata
+    .venv/bin/python scripts/make_golden_models.py --reference /work/ref/hfpl --out tests/testdata \
+        --only resize seam affinity deeplab
+    # The ResNet-50 part runs torchvision's model (the reference has none); torchvision is not a
+    # dependency of hfpl-jax, so it was installed beside the venv:
+    .venv/bin/pip install --no-deps --target /tmp/tvlib torchvision==0.28.0
+    PYTHONPATH=/tmp/tvlib .venv/bin/python scripts/make_golden_models.py \
+        --reference /work/ref/hfpl --out tests/testdata --only resnet50
 
 Writes:
   golden_models_resize.npz   torch ``F.interpolate(mode="bilinear")`` on random inputs: both
@@ -360,10 +366,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     parts = args.only or ["resize", "seam", "affinity", "deeplab", "resnet50"]
     os.makedirs(args.out, exist_ok=True)
+    makers = {"resize": make_resize, "seam": make_seam, "affinity": make_affinity,
+              "deeplab": make_deeplab, "resnet50": make_resnet50}  # fmt: skip
+    unknown = sorted(set(parts) - set(makers))
+    if unknown:
+        parser.error(f"--only: unknown part(s) {unknown}; choose from {sorted(makers)}")
     for part in parts:
-        globals()[f"make_{part}"](args.out) if part == "resize" else globals()[f"make_{part}"](
-            args.out, args.reference
-        )
+        if part == "resize":
+            make_resize(args.out)
+        else:
+            makers[part](args.out, args.reference)
     return 0
 
 
