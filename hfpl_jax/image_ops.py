@@ -155,6 +155,7 @@ def resize_bilinear(
         raise ValueError(f"resize_bilinear: x must be (N,H,W,C) or (H,W,C), found shape {x.shape}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"resize_bilinear: x must be floating point, found dtype {x.dtype}")
+    x = jnp.asarray(x)  # NumPy float64 becomes float32 unless jax_enable_x64 is set
     h_axis = x.ndim - 3
     h_in, w_in = x.shape[h_axis], x.shape[h_axis + 1]
     if (size is None) == (scale_factor is None):

@@ -1,6 +1,7 @@
 """Tests of hfpl_jax.image_ops against float64 NumPy (from the spec) and torch golden values."""
 
 import os
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -146,3 +147,16 @@ def test_normalize_image_matches_float64_then_cast():
         image_ops.normalize_image(image.astype(np.float32))
     with pytest.raises(ValueError, match="RGB"):
         image_ops.normalize_image(image[..., :2])
+
+
+def test_resize_numpy_float64_input_follows_jax_precision():
+    x = np.random.default_rng(5).standard_normal((1, 5, 4, 2))  # float64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "float64 requested but not available" warning
+        got = image_ops.resize_bilinear(x, (9, 7), align_corners=True)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), resize_f64(x, (9, 7), True), atol=1e-5)
+    # The float32 interpolation matrix rows sum to 1 and hold at most two nonzeros.
+    m = image_ops.interpolation_matrix(13, 40, align_corners=False)
+    np.testing.assert_allclose(m.sum(1), 1.0, atol=1e-6)
+    assert np.all((m != 0).sum(1) <= 2)
