@@ -483,16 +483,20 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
 
 
 def load_init_weights(path: str, arch: str, variables: dict) -> dict:
-    """ImageNet weights into ``variables`` (MXNet ``.params``, torch ``.pth``, or ``.npz``).
+    """ImageNet (or any saved) weights merged into ``variables`` (``hfpl_jax.weights``).
 
-    Layers absent from the file (the heads) keep their random initialisation, as in the reference
-    (``load_state_dict(strict=False)``).
+    ``.params``: the reference's MXNet ResNet-38 file; ``.npz``: saved Flax variables; otherwise a
+    PyTorch state dict. Layers absent from the file (the heads) keep their random initialisation,
+    as in the reference (``load_state_dict(strict=False)``), but a tensor of the file that the
+    model lacks, or of the wrong shape, is an error.
     """
     from hfpl_jax import weights  # noqa: PLC0415
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model.init_weights: {path!r} does not exist.")
-    return weights.load_pretrained(path, arch, variables)
+    merged, count = weights.load_pretrained(variables, path, arch)
+    logger.info("initialised %d tensors from %s", count, path)
+    return merged
 
 
 def max_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
@@ -510,14 +514,9 @@ def max_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int
     return steps
 
 
-def _init_variables_fn(model: Any, config: ml_collections.ConfigDict) -> Callable[[], dict]:
-    crop = config.input.crop_size
-
-    def init():
-        # A key of its own, derived from the seed, so model init never shares a stream with the
-        # per-step keys fold_in(key(seed), step).
-        base = jax.random.fold_in(jax.random.key(config.seed), 0x1417)
-        params_key, dropout_key = jax.random.split(base)
+def _init_fn(model: Any, crop: int) -> Callable[[jax.Array], dict]:
+    def init(key_data):
+        params_key, dropout_key = jax.random.split(jax.random.wrap_key_data(key_data))
         return dict(
             model.init(
                 {"params": params_key, "dropout": dropout_key},
@@ -528,12 +527,35 @@ def _init_variables_fn(model: Any, config: ml_collections.ConfigDict) -> Callabl
     return init
 
 
+def _init_key_data(seed: int) -> jax.Array:
+    # A key of its own, derived from the seed, so model initialisation never shares a stream with
+    # the per-step keys fold_in(key(seed), step).
+    return jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 0x1417))
+
+
+def init_variables(
+    model: Any, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None
+) -> dict:
+    """Random initial ``{"params", "batch_stats"}`` from ``config.seed`` (replicated on ``mesh``).
+
+    The seed is an argument of the jitted initialiser, so every seed reuses one compilation.
+    """
+    shardings = None if mesh is None else parallel.replicated_sharding(mesh)
+    init = jax.jit(_init_fn(model, config.input.crop_size), out_shardings=shardings)
+    return init(_init_key_data(config.seed))
+
+
+def abstract_variables(model: Any, config: ml_collections.ConfigDict) -> dict:
+    """Shapes and dtypes of the variables (``jax.ShapeDtypeStruct``), without allocating."""
+    return jax.eval_shape(_init_fn(model, config.input.crop_size), _init_key_data(config.seed))
+
+
 def abstract_train_state(model: Any, tx: Any, config: ml_collections.ConfigDict) -> TrainState:
     """The state's shapes and dtypes (``jax.ShapeDtypeStruct``), computed without allocating."""
-    init = _init_variables_fn(model, config)
+    init = _init_fn(model, config.input.crop_size)
 
-    def make():
-        variables = init()
+    def make(key_data):
+        variables = init(key_data)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=variables["params"],
@@ -542,7 +564,7 @@ def abstract_train_state(model: Any, tx: Any, config: ml_collections.ConfigDict)
             rng=base_key_data(config.seed),
         )
 
-    return jax.eval_shape(make)
+    return jax.eval_shape(make, _init_key_data(config.seed))
 
 
 def init_train_state(
@@ -554,7 +576,7 @@ def init_train_state(
     """A fresh state replicated on ``mesh``: model init from ``config.seed``, then (when
     ``config.model.init_weights`` is set) the ImageNet weights loaded over it."""
     replicated = parallel.replicated_sharding(mesh)
-    variables = jax.jit(_init_variables_fn(model, config), out_shardings=replicated)()
+    variables = init_variables(model, config, mesh)
     if config.model.init_weights:
         host_variables = jax.tree.map(np.asarray, jax.device_get(variables))
         loaded = load_init_weights(config.model.init_weights, config.model.arch, host_variables)
@@ -675,12 +697,10 @@ def train_and_evaluate(
     model = build_model(config, data.num_classes)
     max_step = max_steps(config, data.num_train_examples)
 
-    abstract_variables = jax.eval_shape(_init_variables_fn(model, config))
-    optimizer = optimizers.make_optimizer(
-        config.optim, abstract_variables["params"], max_step=max_step
-    )
+    abstract_params = abstract_variables(model, config)["params"]
+    optimizer = optimizers.make_optimizer(config.optim, abstract_params, max_step=max_step)
     for rule in optimizers.unmatched_rules(
-        abstract_variables["params"],
+        abstract_params,
         lr_mults=config.optim.lr_mults,
         wd_mults=config.optim.wd_mults,
         frozen=config.optim.frozen,
@@ -748,7 +768,13 @@ def train_and_evaluate(
 
     try:
         for step in range(start_step, max_step):
-            host_batch = next(data.iterator)
+            try:
+                host_batch = next(data.iterator)
+            except StopIteration:
+                raise ValueError(
+                    f"the input pipeline ended after {step} steps, before max_step {max_step}: "
+                    "leave input.num_epochs unset (None) or raise it."
+                ) from None
             batch = parallel.host_batch_to_global(
                 {"image": host_batch["image"], "labels": host_batch["labels"]}, mesh
             )
@@ -757,24 +783,26 @@ def train_and_evaluate(
             drain()
             pending = (step, metrics)
             done = step + 1
+            if step == start_step:
+                # images/s counts from the end of the first update (which includes compilation).
+                drain()
+                last_log_time, last_log_step = time.perf_counter(), done
             if done % config.train.log_every_steps == 0 or done == max_step:
                 drain()
                 now = time.perf_counter()
-                images_per_second = (
-                    (done - last_log_step) * config.input.global_batch_size / (now - last_log_time)
+                scalars = accumulated.mean_and_reset()
+                scalars["learning_rate"] = (
+                    optimizers.poly_learning_rate(
+                        step, config.optim.lr, optimizer.max_step, config.optim.poly_power
+                    )
+                    if config.optim.schedule == "poly"
+                    else config.optim.lr
                 )
-                writer.write_scalars(
-                    done,
-                    {
-                        **accumulated.mean_and_reset(),
-                        "learning_rate": optimizers.poly_learning_rate(
-                            step, config.optim.lr, optimizer.max_step, config.optim.poly_power
-                        )
-                        if config.optim.schedule == "poly"
-                        else config.optim.lr,
-                        "images_per_second": images_per_second,
-                    },
-                )
+                if done > last_log_step:
+                    scalars["images_per_second"] = (
+                        (done - last_log_step) * config.input.global_batch_size
+                    ) / (now - last_log_time)
+                writer.write_scalars(done, scalars)
                 last_log_time, last_log_step = now, done
             if preview is not None and (
                 done % config.train.image_every_steps == 0 or done == max_step
