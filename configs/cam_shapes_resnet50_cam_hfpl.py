@@ -6,7 +6,8 @@
 The add-on on a plain CAM network rather than SEAM: one branch, 0.8·GAP + 0.2·ISL on the stride-16
 logits, plus FSL. A small ResNet-50 (width 1/4, one block per stage) from random initialisation on
 112-pixel crops, a few minutes on a 2-core CPU. As in ``cam_shapes_seam_hfpl.py``, nothing is frozen
-except BN (random stems are not worth freezing) and the momentum is a real 0.9.
+except BN (random stems are not worth freezing) and the momentum is a real 0.9 with a base rate of
+0.003.
 """
 
 from hfpl_jax.train.cam_config import base_config
@@ -31,7 +32,7 @@ def get_config(arg=None):
     config.loss.gap_source = "logits"
     config.loss.isl_weight = 0.2
     config.loss.fsl = True
-    config.optim.lr = 0.01
+    config.optim.lr = 0.003
     config.optim.weight_decay = 1e-4
     config.optim.reference_momentum_bug = False
     config.optim.lr_mults = ((r"^classifier/", 10.0),)

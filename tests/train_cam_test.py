@@ -147,6 +147,32 @@ def test_crashed_run_resumes_to_the_uninterrupted_result(shapes_dir, tmp_path): 
     assert steps == [1, 2, 3, 4]
 
 
+def test_sigterm_saves_a_checkpoint_and_stops(shapes_dir, tmp_path):  # noqa: F811
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be installed from the main thread")
+
+    class _Terminating(_Interrupting):
+        def __next__(self):
+            if self.count == 2:
+                signal.raise_signal(signal.SIGTERM)  # arrives while step 2 is being prepared
+            return super().__next__()
+
+    def factory(config, process_index, process_count):
+        data = cam.make_train_data(config, process_index, process_count)
+        data.iterator = _Terminating(data.iterator)
+        return data
+
+    config = tiny_config(shapes_dir, **{"train.image_every_steps": 0, "checkpoint.every_steps": 10})
+    workdir = str(tmp_path / "term")
+    state = cam.train_and_evaluate(config, workdir, data_factory=factory, progress=False)
+    assert int(state.step) == 3  # finished the update in flight, then saved and stopped
+    assert checkpoint.CheckpointManager(workdir).all_steps() == [3]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+
+
 def test_nan_loss_stops_naming_term_and_step_and_keeps_last_good_checkpoint(shapes_dir, tmp_path):  # noqa: F811
     config = tiny_config(shapes_dir, **{"train.image_every_steps": 0})
     workdir = str(tmp_path / "nan")
