@@ -111,8 +111,15 @@ class DataIteratorRestore(ocp.args.CheckpointArgs):
 
 
 def checkpoint_dir(workdir: str) -> str:
-    """``WORKDIR/checkpoints``."""
-    return os.path.join(os.fspath(workdir), CHECKPOINT_SUBDIR)
+    """``WORKDIR/checkpoints``, made absolute for local paths.
+
+    Orbax's tensorstore backend refuses relative paths, and users naturally type
+    ``--workdir=workdirs/run``; URLs (``gs://bucket/run``) are kept as they are.
+    """
+    workdir = os.fspath(workdir)
+    if "://" not in workdir:
+        workdir = os.path.abspath(workdir)
+    return os.path.join(workdir, CHECKPOINT_SUBDIR)
 
 
 class CheckpointManager:

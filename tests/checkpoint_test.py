@@ -90,6 +90,18 @@ def test_keep_k_and_load_params_as_numpy(tmp_path):
         checkpoint.load_params(str(tmp_path), step=2)
 
 
+def test_relative_workdir_saves_and_loads(tmp_path, monkeypatch):
+    # Users type --workdir=workdirs/run; orbax's tensorstore backend accepts only absolute paths.
+    monkeypatch.chdir(tmp_path)
+    mesh = parallel.make_mesh()
+    manager = checkpoint.CheckpointManager("workdirs/run", every_steps=1, keep=1)
+    _save(manager, 3, _state(mesh, scale=2.0), _Iterator(position=5))
+    manager.close()
+    assert os.path.isdir(tmp_path / "workdirs" / "run" / "checkpoints" / "3")
+    params = checkpoint.load_params("workdirs/run")
+    np.testing.assert_array_equal(params["fc8"]["kernel"], np.full((4, 5), 2.0, np.float32))
+
+
 def test_missing_checkpoints_are_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
         checkpoint.load_params(str(tmp_path))
