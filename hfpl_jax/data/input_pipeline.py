@@ -144,6 +144,22 @@ def _absl_flags_ready() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+def _iterate(dataset, *, num_threads, prefetch_buffer_size, worker_count, per_worker_buffer_size):
+    """Iterator over a grain ``MapDataset``: ``num_threads`` read threads in this process, or,
+    with ``worker_count > 0``, that many worker processes each prefetching whole elements."""
+    iter_dataset = dataset.to_iter_dataset(
+        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
+    )
+    if worker_count > 0:
+        _absl_flags_ready()
+        iter_dataset = iter_dataset.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=worker_count, per_worker_buffer_size=per_worker_buffer_size
+            )
+        )
+    return iter(iter_dataset)
+
+
 class BatchIterator:
     """Host-local batches with a checkpointable position.
 
@@ -167,21 +183,13 @@ class BatchIterator:
 
     def _start(self):
         dataset = self._dataset[self._next_batch :] if self._next_batch else self._dataset
-        iter_dataset = dataset.to_iter_dataset(
-            grain.ReadOptions(
-                num_threads=max(1, self._read_threads),
-                prefetch_buffer_size=self._prefetch_batches,
-            )
+        return _iterate(
+            dataset,
+            num_threads=max(1, self._read_threads),
+            prefetch_buffer_size=self._prefetch_batches,
+            worker_count=self._worker_count,
+            per_worker_buffer_size=max(1, self._prefetch_batches),
         )
-        if self._worker_count > 0:
-            _absl_flags_ready()
-            iter_dataset = iter_dataset.mp_prefetch(
-                grain.MultiprocessingOptions(
-                    num_workers=self._worker_count,
-                    per_worker_buffer_size=max(1, self._prefetch_batches),
-                )
-            )
-        return iter(iter_dataset)
 
     def __iter__(self):
         return self
@@ -223,15 +231,18 @@ class BatchIterator:
         self._iterator = None
 
 
-def _make_iterator(
-    order: EpochOrder,
-    example_fn,
-    *,
-    num_epochs: int | None,
-    worker_count: int,
-    read_threads: int,
-    prefetch_batches: int,
+def _make_train_iterator(
+    input_config, example_cls, *, seed, process_index, process_count, **example_options
 ) -> BatchIterator:
+    """The shared plumbing of the training iterators: the split, its :class:`EpochOrder`, and
+    ``example_cls(raw, order, seed, **example_options)`` mapped over host-local positions and
+    batched (``num_epochs``, ``worker_count``, ``read_threads``, ``prefetch_batches`` from
+    ``input_config``)."""
+    raw = _raw_from_config(input_config)
+    order = _order_from_config(input_config, raw, seed, process_index, process_count)
+    example_fn = example_cls(raw, order, seed, **example_options)
+    num_epochs = _get(input_config, "num_epochs", None)
+    worker_count = int(_get(input_config, "worker_count", 0))
     if num_epochs is not None and int(num_epochs) < 1:
         raise ValueError(f"num_epochs must be None (forever) or >= 1, got {num_epochs}")
     if worker_count < 0:
@@ -244,8 +255,8 @@ def _make_iterator(
         dataset,
         num_batches=None if num_epochs is None else int(num_epochs) * order.steps_per_epoch,
         worker_count=worker_count,
-        read_threads=read_threads,
-        prefetch_batches=prefetch_batches,
+        read_threads=_threads(input_config),
+        prefetch_batches=int(_get(input_config, "prefetch_batches", 2)),
     )
 
 
@@ -323,24 +334,16 @@ def make_cam_train_iterator(
       ``get_state()`` / ``set_state(state)`` (JSON ``{"next_batch": k}``), resumable with any
       ``worker_count``.
     """
-    raw = _raw_from_config(input_config)
-    order = _order_from_config(input_config, raw, seed, process_index, process_count)
-    example_fn = CamTrainExample(
-        raw,
-        order,
-        seed,
+    return _make_train_iterator(
+        input_config,
+        CamTrainExample,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
         crop_size=_get(input_config, "crop_size", 448),
         resize_long=_get(input_config, "resize_long", (448, 768)),
         hflip=_get(input_config, "hflip", True),
         jitter=_get(input_config, "color_jitter", (0.3, 0.3, 0.3, 0.1)),
-    )
-    return _make_iterator(
-        order,
-        example_fn,
-        num_epochs=_get(input_config, "num_epochs", None),
-        worker_count=int(_get(input_config, "worker_count", 0)),
-        read_threads=_threads(input_config),
-        prefetch_batches=int(_get(input_config, "prefetch_batches", 2)),
     )
 
 
@@ -413,26 +416,18 @@ def make_aff_train_iterator(
       {"image": float32 (B, crop, crop, 3), "bg_pos", "fg_pos", "neg": float32 (B, 34, P)} with
       P = (crop/8 − 4)·(crop/8 − 8) (2,496 at crop 448).
     """
-    raw = _raw_from_config(input_config)
-    order = _order_from_config(input_config, raw, seed, process_index, process_count)
-    example_fn = AffTrainExample(
-        raw,
-        order,
-        seed,
+    return _make_train_iterator(
+        input_config,
+        AffTrainExample,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
         la_dir=_get(input_config, "la_dir"),
         ha_dir=_get(input_config, "ha_dir"),
         crop_size=_get(input_config, "crop_size", 448),
         hflip=_get(input_config, "hflip", True),
         jitter=_get(input_config, "color_jitter", (0.3, 0.3, 0.3, 0.1)),
         radius=_get(input_config, "radius", 5),
-    )
-    return _make_iterator(
-        order,
-        example_fn,
-        num_epochs=_get(input_config, "num_epochs", None),
-        worker_count=int(_get(input_config, "worker_count", 0)),
-        read_threads=_threads(input_config),
-        prefetch_batches=int(_get(input_config, "prefetch_batches", 2)),
     )
 
 
@@ -515,25 +510,17 @@ def make_seg_train_iterator(
       {"image": float32 (B, crop, crop, 3) normalised (padding 0), "label": int32 (B, crop, crop)
       (padding and void 255)}.
     """
-    raw = _raw_from_config(input_config)
-    order = _order_from_config(input_config, raw, seed, process_index, process_count)
-    example_fn = SegTrainExample(
-        raw,
-        order,
-        seed,
+    return _make_train_iterator(
+        input_config,
+        SegTrainExample,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
         label_dir=_get(input_config, "label_dir", None),
         crop_size=_get(input_config, "crop_size", 448),
         hsv=_get(input_config, "hsv", (10, 10, 10)),
         flip_prob=_get(input_config, "flip_prob", 0.5),
         scale_range=_get(input_config, "scale_range", (0.5, 1.5)),
-    )
-    return _make_iterator(
-        order,
-        example_fn,
-        num_epochs=_get(input_config, "num_epochs", None),
-        worker_count=int(_get(input_config, "worker_count", 0)),
-        read_threads=_threads(input_config),
-        prefetch_batches=int(_get(input_config, "prefetch_batches", 2)),
     )
 
 
@@ -598,16 +585,13 @@ def make_msf_inference_iterator(input_config, *, process_index: int = 0, process
         flip=_get(input_config, "flip", True),
     )
     dataset = grain.MapDataset.range(len(raw))[process_index::process_count].map(example_fn)
-    iter_dataset = dataset.to_iter_dataset(
-        grain.ReadOptions(num_threads=_threads(input_config), prefetch_buffer_size=2)
+    return _iterate(
+        dataset,
+        num_threads=_threads(input_config),
+        prefetch_buffer_size=2,
+        worker_count=int(_get(input_config, "worker_count", 0)),
+        per_worker_buffer_size=2,
     )
-    worker_count = int(_get(input_config, "worker_count", 0))
-    if worker_count > 0:
-        _absl_flags_ready()
-        iter_dataset = iter_dataset.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=2)
-        )
-    return iter(iter_dataset)
 
 
 # --------------------------------------------------------------------------------------------------
