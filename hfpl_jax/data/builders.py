@@ -80,8 +80,26 @@ def _default_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+def _stored_example(image: bytes, mask: np.ndarray, labels: np.ndarray, name: str) -> dict:
+    """An example as the builders hand it to TFDS: encoded image bytes, the mask as PNG."""
+    return {"image": image, "mask": encode_png(mask), "labels": labels, "name": name}
+
+
+def _override_labels(override: dict, name: str, labels_file: str) -> np.ndarray:
+    """``name``'s labels from a ``cls_labels.npy`` override; a name it lacks is a bad example."""
+    if name not in override:
+        raise BadExampleError(labels_file, f"has no labels for {name!r}")
+    return override[name]
+
+
 class _BuilderMixin:
-    """Builder mixin: ``skip_bad_examples``, the log of skipped examples, and the code path."""
+    """Builder mixin: ``skip_bad_examples``, the log of skipped examples, the code path and the
+    ``DatasetInfo`` the three datasets share."""
+
+    def __init__(self, *, skip_bad_examples: bool = False, **kwargs):
+        self.skip_bad_examples = bool(skip_bad_examples)
+        self.bad_examples = BadExampleLog()
+        super().__init__(**kwargs)
 
     @tfds_utils.classproperty
     @classmethod
@@ -90,9 +108,18 @@ class _BuilderMixin:
         # (undeclared) importlib_resources package; this module's file is the right answer anyway.
         return epath.Path(__file__)
 
-    def _init_bad_example_handling(self, skip_bad_examples: bool) -> None:
-        self.skip_bad_examples = bool(skip_bad_examples)
-        self.bad_examples = BadExampleLog()
+    def _wsss_info(
+        self, *, description: str, num_classes: int, class_names, homepage=None, **metadata
+    ) -> tfds.core.DatasetInfo:
+        """:func:`wsss_features`, split-list order, and ``class_names`` + ``metadata``."""
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=description,
+            features=wsss_features(num_classes),
+            disable_shuffling=True,
+            homepage=homepage,
+            metadata=tfds.core.MetadataDict(class_names=list(class_names), **metadata),
+        )
 
     def _bad_example(self, split: str, name: str, error: BadExampleError) -> None:
         if not self.skip_bad_examples:
@@ -160,25 +187,17 @@ class HfplShapes(_BuilderMixin, tfds.core.GeneratorBasedBuilder):
     }
     BUILDER_CONFIGS = [HfplShapesConfig.from_params(shapes.ShapesParams())]
 
-    def __init__(self, *, skip_bad_examples: bool = False, **kwargs):
-        self._init_bad_example_handling(skip_bad_examples)
-        super().__init__(**kwargs)
-
     @property
     def params(self) -> shapes.ShapesParams:
         return self.builder_config.params
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
+        return self._wsss_info(
             description=__doc__.splitlines()[0] + " hfpl_shapes: " + shapes.__doc__.splitlines()[0],
-            features=wsss_features(shapes.NUM_CLASSES),
-            disable_shuffling=True,
-            metadata=tfds.core.MetadataDict(
-                class_names=list(shapes.CLASS_NAMES),
-                params=dataclasses.asdict(self.params),
-                label_source="mask",
-            ),
+            num_classes=shapes.NUM_CLASSES,
+            class_names=shapes.CLASS_NAMES,
+            params=dataclasses.asdict(self.params),
+            label_source="mask",
         )
 
     def _split_generators(self, dl_manager):
@@ -191,12 +210,7 @@ class HfplShapes(_BuilderMixin, tfds.core.GeneratorBasedBuilder):
         def make(index: int):
             def example():
                 image, mask, labels = shapes.generate_example(params, split, index)
-                return {
-                    "image": encode_png(image),
-                    "mask": encode_png(mask),
-                    "labels": labels,
-                    "name": f"{split}_{index:06d}",
-                }
+                return _stored_example(encode_png(image), mask, labels, f"{split}_{index:06d}")
 
             return f"{split}_{index:06d}", example
 
@@ -214,19 +228,13 @@ class Voc2012Wsss(_BuilderMixin, tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "First release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = voc.__doc__
 
-    def __init__(self, *, skip_bad_examples: bool = False, **kwargs):
-        self._init_bad_example_handling(skip_bad_examples)
-        super().__init__(**kwargs)
-
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
+        return self._wsss_info(
             description="PASCAL VOC 2012 with SBD augmented masks, for weakly-supervised "
             "semantic segmentation from image-level labels.",
-            features=wsss_features(voc.NUM_CLASSES),
-            disable_shuffling=True,
+            num_classes=voc.NUM_CLASSES,
+            class_names=voc.CLASS_NAMES,
             homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
-            metadata=tfds.core.MetadataDict(class_names=list(voc.CLASS_NAMES)),
         )
 
     def _split_generators(self, dl_manager):
@@ -249,9 +257,7 @@ class Voc2012Wsss(_BuilderMixin, tfds.core.GeneratorBasedBuilder):
                 check_mask(mask, image.size, voc.NUM_CLASSES, mask_file)
                 if source == "cls_labels.npy":
                     labels_file = os.path.join(manual_dir, "cls_labels.npy")
-                    if name not in override:
-                        raise BadExampleError(labels_file, f"has no labels for {name!r}")
-                    labels = override[name]
+                    labels = _override_labels(override, name, labels_file)
                 elif source == "xml":
                     labels_file = os.path.join(root, "Annotations", name + ".xml")
                     labels = voc.labels_from_xml(labels_file)
@@ -259,12 +265,9 @@ class Voc2012Wsss(_BuilderMixin, tfds.core.GeneratorBasedBuilder):
                     labels_file = mask_file
                     labels = voc.labels_from_mask(mask, voc.NUM_CLASSES)
                 check_labels(labels, voc.NUM_CLASSES, labels_file)
-                return {
-                    "image": image_bytes_for_storage(data, image, image_file),
-                    "mask": encode_png(mask),
-                    "labels": labels,
-                    "name": name,
-                }
+                return _stored_example(
+                    image_bytes_for_storage(data, image, image_file), mask, labels, name
+                )
 
             return name, example
 
@@ -282,20 +285,17 @@ class Coco2014Wsss(_BuilderMixin, tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "First release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = coco.__doc__
 
-    def __init__(self, *, skip_bad_examples: bool = False, allow_unlabeled: bool = False, **kwargs):
-        self._init_bad_example_handling(skip_bad_examples)
+    def __init__(self, *, allow_unlabeled: bool = False, **kwargs):
         self.allow_unlabeled = bool(allow_unlabeled)
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
+        return self._wsss_info(
             description="MS COCO 2014 semantic masks (80 classes, painted from the instance "
             "annotations) and image-level labels, for weakly-supervised semantic segmentation.",
-            features=wsss_features(coco.NUM_CLASSES),
-            disable_shuffling=True,
+            num_classes=coco.NUM_CLASSES,
+            class_names=coco.CLASS_NAMES,
             homepage="https://cocodataset.org",
-            metadata=tfds.core.MetadataDict(class_names=list(coco.CLASS_NAMES)),
         )
 
     def _split_generators(self, dl_manager):
@@ -334,21 +334,16 @@ class Coco2014Wsss(_BuilderMixin, tfds.core.GeneratorBasedBuilder):
                 mask = coco.semantic_mask(index, image_entry)
                 if override is not None:
                     labels_file = os.path.join(manual_dir, "cls_labels.npy")
-                    if name not in override:
-                        raise BadExampleError(labels_file, f"has no labels for {name!r}")
-                    labels = override[name]
+                    labels = _override_labels(override, name, labels_file)
                 else:
                     labels_file = image_file
                     labels = voc.labels_from_mask(mask, coco.NUM_CLASSES)
                 check_labels(
                     labels, coco.NUM_CLASSES, labels_file, allow_empty=self.allow_unlabeled
                 )
-                return {
-                    "image": image_bytes_for_storage(data, image, image_file),
-                    "mask": encode_png(mask),
-                    "labels": labels,
-                    "name": name,
-                }
+                return _stored_example(
+                    image_bytes_for_storage(data, image, image_file), mask, labels, name
+                )
 
             return name, example
 
