@@ -109,18 +109,12 @@ def _profile_stages(data_dir: str, count: int) -> dict[str, float]:
 
 
 def _time_iterator(data_dir, workers, threads, batches, warmup) -> dict:
-    from hfpl_jax.data import input_pipeline
+    from hfpl_jax.data import fake_data, input_pipeline
 
-    config = dict(
-        dataset="voc2012_wsss",
-        data_dir=data_dir,
-        split="train_aug",
-        global_batch_size=8,
-        crop_size=448,
-        resize_long=(448, 768),
-        hflip=True,
-        color_jitter=(0.3, 0.3, 0.3, 0.1),
-        shuffle=True,
+    config = fake_data.cam_train_input_config(
+        "voc2012_wsss",
+        data_dir,
+        "train_aug",
         worker_count=workers,
         read_threads=threads,
         prefetch_batches=2,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hfpl_jax import data
-from hfpl_jax.data import input_pipeline, shapes
+from hfpl_jax.data import fake_data, input_pipeline, shapes
 from hfpl_jax.data.cli import main as build_dataset_main
 
 TINY = dict(image_size=64, num_train=24, num_val=6, seed=3)
@@ -24,21 +24,10 @@ def data_dir(tmp_path_factory):
 
 
 def _cam_config(data_dir, **overrides):
-    config = dict(
-        dataset="hfpl_shapes",
-        data_dir=data_dir,
-        split="train",
-        global_batch_size=4,
-        crop_size=48,
-        resize_long=(48, 80),
-        hflip=True,
-        color_jitter=(0.3, 0.3, 0.3, 0.1),
-        shuffle=True,
-        worker_count=0,
-        builder_kwargs=TINY,
+    tiny = dict(global_batch_size=4, crop_size=48, resize_long=(48, 80), worker_count=0)
+    return fake_data.cam_train_input_config(
+        "hfpl_shapes", data_dir, "train", builder_kwargs=TINY, **{**tiny, **overrides}
     )
-    config.update(overrides)
-    return config
 
 
 def test_generator_is_deterministic_and_labels_match_mask():
