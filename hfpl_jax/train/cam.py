@@ -205,6 +205,19 @@ def _feature_similarity(images, logits, label_full, settings: LossSettings) -> j
     )
 
 
+def _float32(tree: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    return {k: v.astype(jnp.float32) for k, v in tree.items()}
+
+
+def _with_fsl_and_total(terms, total, images, logits, label_full, settings: LossSettings):
+    """``terms`` plus ``loss_fsl`` (when on) and ``loss = total + λ_FSL·FSL``, all float32."""
+    if settings.fsl:
+        terms["loss_fsl"] = _feature_similarity(images, logits, label_full, settings)
+        total = total + settings.fsl_weight * terms["loss_fsl"]
+    terms["loss"] = total
+    return _float32(terms)
+
+
 def seam_hfpl_losses(
     outputs1: Mapping[str, jax.Array],
     outputs2: Mapping[str, jax.Array],
@@ -233,8 +246,7 @@ def seam_hfpl_losses(
       "loss_min_pool2", "loss_er", "loss_ecr", "loss_fsl"?}``, float32 scalars.
     """
     isl_fn = isl_fn or _default_isl(settings)
-    f32 = lambda tree: {k: v.astype(jnp.float32) for k, v in tree.items()}  # noqa: E731
-    outputs1, outputs2 = f32(outputs1), f32(outputs2)
+    outputs1, outputs2 = _float32(outputs1), _float32(outputs2)
     labels = labels.astype(jnp.float32)
     label_full = _with_background_label(labels)
     _, height, width, _ = outputs1["cam"].shape
@@ -279,11 +291,7 @@ def seam_hfpl_losses(
         + settings.er_weight * terms["loss_er"]
         + settings.ecr_weight * terms["loss_ecr"]
     )
-    if settings.fsl:
-        terms["loss_fsl"] = _feature_similarity(images, outputs1["logits"], label_full, settings)
-        total = total + settings.fsl_weight * terms["loss_fsl"]
-    terms["loss"] = total
-    return {k: v.astype(jnp.float32) for k, v in terms.items()}
+    return _with_fsl_and_total(terms, total, images, outputs1["logits"], label_full, settings)
 
 
 def single_branch_losses(
@@ -301,18 +309,13 @@ def single_branch_losses(
     is ignored. Returns ``{"loss", "loss_cls", "loss_gap1", "loss_isl"?, "loss_fsl"?}``.
     """
     isl_fn = isl_fn or _default_isl(settings)
-    outputs = {k: v.astype(jnp.float32) for k, v in outputs.items()}
+    outputs = _float32(outputs)
     labels = labels.astype(jnp.float32)
     cls, terms = _classification(outputs, labels, isl_key, settings, isl_fn)
     terms["loss_cls"] = cls
-    total = cls
-    if settings.fsl:
-        terms["loss_fsl"] = _feature_similarity(
-            images, outputs["logits"], _with_background_label(labels), settings
-        )
-        total = total + settings.fsl_weight * terms["loss_fsl"]
-    terms["loss"] = total
-    return {k: v.astype(jnp.float32) for k, v in terms.items()}
+    return _with_fsl_and_total(
+        terms, cls, images, outputs["logits"], _with_background_label(labels), settings
+    )
 
 
 def cam_loss_fn(
