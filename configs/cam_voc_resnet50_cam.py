@@ -16,25 +16,19 @@ The input pipeline is this project's SEAM-style one (PIL bicubic resize-long, fl
 normalisation) with IRN's sizes; IRN's own loader differs in small details of resampling.
 """
 
-from hfpl_jax.train.cam_config import base_config
+from hfpl_jax.train.cam_config import base_config, use_resnet50_cam
 
 
 def get_config(arg=None):
     del arg
-    config = base_config()
+    config = use_resnet50_cam(base_config())  # one branch, GAP of the logits, IRN's groups
     config.input.global_batch_size = 16
     config.input.crop_size = 512
     config.input.resize_long = (320, 640)
     config.input.color_jitter = None
-    config.model.arch = "resnet50_cam"
-    config.loss.seam = False
-    config.loss.gap_source = "logits"
     config.loss.isl_weight = 0.0
     config.loss.fsl = False
     config.optim.lr = 0.1
-    config.optim.weight_decay = 1e-4
-    config.optim.lr_mults = ((r"^classifier/", 10.0),)
-    config.optim.wd_mults = ()
     config.optim.frozen = (r"^(conv1|bn1|layer1|layer2)/",)
     config.train.num_epochs = 5
     config.train.log_every_steps = 100

@@ -10,21 +10,12 @@ stride-16 logits, and FSL (mu 2.5, sigma 5 on the logits' grid, weight 1) is add
 ``with_background(max_norm(logits)·labels)`` and the de-normalised image resized to that grid.
 """
 
-import importlib.util
-import os
-
-
-def _baseline():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cam_voc_resnet50_cam.py")
-    spec = importlib.util.spec_from_file_location("_cam_voc_resnet50_cam", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from hfpl_jax.train.cam_config import load_sibling_config
 
 
 def get_config(arg=None):
     del arg
-    config = _baseline()
+    config = load_sibling_config(__file__, "cam_voc_resnet50_cam.py")
     config.loss.isl_weight = 0.2
     config.loss.fsl = True
     config.loss.fsl_weight = 1.0

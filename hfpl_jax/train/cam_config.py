@@ -1,8 +1,10 @@
 """The CAM-training config schema: every field, with the reference's values as defaults.
 
-Experiment files under ``configs/`` start from :func:`base_config` and change what differs, so the
-schema (and the meaning of every field) lives in one place. The defaults are the reference's
-``train_cam_voc.py`` settings (spec §3.1), SEAM + ISL + FSL on VOC 2012 ``train_aug``.
+Experiment files under ``configs/`` start from :func:`base_config` (or from another experiment
+file, :func:`load_sibling_config`) and change what differs, so the schema (and the meaning of every
+field) lives in one place; :func:`use_resnet50_cam` is the switch the ResNet-50 CAM files share.
+The defaults are the reference's ``train_cam_voc.py`` settings (spec §3.1), SEAM + ISL + FSL on
+VOC 2012 ``train_aug``.
 
 Fields
 ------
@@ -49,6 +51,9 @@ Fields
 """
 
 from __future__ import annotations
+
+import importlib.util
+import os
 
 import ml_collections
 from ml_collections import config_dict
@@ -141,3 +146,36 @@ def base_config() -> ml_collections.ConfigDict:
     config.mesh = ml_collections.ConfigDict()
     config.mesh.num_devices = config_dict.placeholder(int)
     return config
+
+
+def use_resnet50_cam(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Switches ``config`` (in place, and returns it) to IRN's ResNet-50 CAM (Ahn et al. 2019).
+
+    One branch (``loss.seam=False``) classified by MLSM on ``classifier(GAP(features))``, the GAP
+    of the stride-16 logits (``loss.gap_source="logits"``), and IRN's optimizer groups: weight
+    decay 1e-4 on every trained parameter (no bias exemption) and the classifier at 10x the base
+    rate. The learning rate, the frozen layers and the HFPL losses stay the caller's choice.
+    """
+    config.model.arch = "resnet50_cam"
+    config.loss.seam = False
+    config.loss.gap_source = "logits"
+    config.optim.weight_decay = 1e-4
+    config.optim.lr_mults = ((r"^classifier/", 10.0),)
+    config.optim.wd_mults = ()
+    return config
+
+
+def load_sibling_config(config_file: str, name: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of the experiment file ``name`` in the folder of ``config_file`` (pass
+    ``__file__``), for an experiment written as another one plus changes.
+
+    Raises:
+      FileNotFoundError: there is no such file beside ``config_file``.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config {name!r} does not exist beside {config_file!r}.")
+    spec = importlib.util.spec_from_file_location("_" + os.path.splitext(name)[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
