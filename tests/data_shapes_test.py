@@ -268,23 +268,6 @@ def test_training_process_never_imports_tensorflow_and_workers_agree(data_dir):
     assert "OK" in result.stdout
 
 
-def test_to_global_batch_assembles_sharded_arrays():
-    import jax
-
-    from hfpl_jax.data.input_pipeline import to_global_batch
-
-    mesh = jax.make_mesh((len(jax.devices()),), ("data",))
-    local = {
-        "image": np.arange(8 * 2 * 2 * 3, dtype=np.float32).reshape(8, 2, 2, 3),
-        "labels": np.eye(8, 6, dtype=np.float32),
-    }
-    batch = to_global_batch(local, mesh)
-    assert batch["image"].shape == (8, 2, 2, 3)
-    assert len(batch["image"].sharding.device_set) == len(jax.devices())
-    np.testing.assert_array_equal(np.asarray(batch["image"]), local["image"])
-    np.testing.assert_array_equal(np.asarray(batch["labels"]), local["labels"])
-
-
 def _ensure_built_in_subprocess(directory):
     from hfpl_jax import data as data_module
 

@@ -36,6 +36,19 @@ def test_host_batch_becomes_a_sharded_global_array():
     assert float(total) == float(images.sum())
 
 
+def test_host_batch_to_global_on_a_plain_jax_mesh():
+    mesh = jax.make_mesh((len(jax.devices()),), ("data",))  # JAX's default axis types
+    local = {
+        "image": np.arange(8 * 2 * 2 * 3, dtype=np.float32).reshape(8, 2, 2, 3),
+        "labels": np.eye(8, 6, dtype=np.float32),
+    }
+    batch = parallel.host_batch_to_global(local, mesh)
+    assert batch["image"].shape == (8, 2, 2, 3)
+    assert len(batch["image"].sharding.device_set) == len(jax.devices())
+    np.testing.assert_array_equal(np.asarray(batch["image"]), local["image"])
+    np.testing.assert_array_equal(np.asarray(batch["labels"]), local["labels"])
+
+
 def test_batch_errors_name_the_problem():
     mesh = parallel.make_mesh()
     with pytest.raises(ValueError, match="multiple of the number of devices"):

@@ -1,4 +1,5 @@
-"""grain input pipelines over TFDS array_record sources, and host batch -> global ``jax.Array``.
+"""grain input pipelines over TFDS array_record sources (host-local batches; the training loop
+makes them global ``jax.Array`` s with ``hfpl_jax.parallel.host_batch_to_global``).
 
 Order and randomness are pure functions of (seed, epoch, example index), so a pipeline gives the
 same batches whatever its ``worker_count``, and a training iterator (:class:`BatchIterator`) is
@@ -591,27 +592,4 @@ def make_msf_inference_iterator(input_config, *, process_index: int = 0, process
         prefetch_buffer_size=2,
         worker_count=int(_get(input_config, "worker_count", 0)),
         per_worker_buffer_size=2,
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# Host-local batch -> global jax.Array
-
-
-def to_global_batch(local_batch, mesh, partition_spec=None):
-    """Host-local NumPy batch (a pytree) -> global ``jax.Array`` s laid out by ``partition_spec``.
-
-    Every process passes its own rows (``B_local`` each, in process order); with the default
-    ``PartitionSpec("data")`` the global arrays have ``B_local · process_count`` rows split over the
-    mesh's "data" axis. Uses ``jax.make_array_from_process_local_data``, so nothing moves between
-    hosts.
-    """
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    sharding = NamedSharding(
-        mesh, PartitionSpec("data") if partition_spec is None else partition_spec
-    )
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
     )
