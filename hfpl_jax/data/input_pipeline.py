@@ -284,26 +284,45 @@ def _threads(config) -> int:
     return int(_get(config, "read_threads", 0) or min(4, os.cpu_count() or 1))
 
 
+def _optional_tuple(values, kind):
+    return None if values is None else tuple(kind(v) for v in values)
+
+
+class _TrainExample:
+    """Base of the training-example functions: a host-local position's stored example and its
+    augmentation RNG (stream ``STREAM``), both pure functions of (seed, position)."""
+
+    STREAM: int
+
+    def __init__(self, raw, order: EpochOrder, seed: int):
+        self.raw, self.order, self.seed = raw, order, int(seed)
+
+    def _read(self, position: int) -> tuple[dict, np.random.Generator]:
+        epoch, index = self.order.locate(position)
+        return self.raw[index], example_rng(self.seed, epoch, index, self.STREAM)
+
+
 # --------------------------------------------------------------------------------------------------
 # CAM training (spec §3.3)
 
 
-class CamTrainExample:
+class CamTrainExample(_TrainExample):
     """Host-local position -> {"image": (crop, crop, 3) float32, "labels": (K,) float32}."""
 
+    STREAM = STREAM_CAM
+
     def __init__(self, raw, order: EpochOrder, seed: int, *, crop_size, resize_long, hflip, jitter):
-        self.raw, self.order, self.seed = raw, order, int(seed)
+        super().__init__(raw, order, seed)
         self.crop_size = int(crop_size)
         self.resize_long = tuple(int(v) for v in resize_long)
         self.hflip = bool(hflip)
-        self.jitter = None if jitter is None else tuple(float(v) for v in jitter)
+        self.jitter = _optional_tuple(jitter, float)
 
     def __call__(self, position: int, _element=None) -> dict[str, np.ndarray]:
-        epoch, index = self.order.locate(position)
-        example = self.raw[index]
+        example, rng = self._read(position)
         image = sources.decode_image(example["image"])
         params = transforms.sample_cam_train_params(
-            example_rng(self.seed, epoch, index, STREAM_CAM),
+            rng,
             image.width,
             image.height,
             crop_size=self.crop_size,
@@ -372,24 +391,25 @@ def load_crf_dict(directory: str, name: str) -> dict:
         raise ValueError(f"{path}: expected np.save of a dict {{class: (H, W) scores}}") from error
 
 
-class AffTrainExample:
+class AffTrainExample(_TrainExample):
     """Host-local position -> {"image", "bg_pos", "fg_pos", "neg"} (see make_aff_train_iterator)."""
 
+    STREAM = STREAM_AFF
+
     def __init__(self, raw, order, seed, *, la_dir, ha_dir, crop_size, hflip, jitter, radius):
-        self.raw, self.order, self.seed = raw, order, int(seed)
+        super().__init__(raw, order, seed)
         self.la_dir, self.ha_dir = os.fspath(la_dir), os.fspath(ha_dir)
         self.crop_size, self.hflip, self.radius = int(crop_size), bool(hflip), int(radius)
-        self.jitter = None if jitter is None else tuple(float(v) for v in jitter)
+        self.jitter = _optional_tuple(jitter, float)
 
     def __call__(self, position: int, _element=None) -> dict[str, np.ndarray]:
-        epoch, index = self.order.locate(position)
-        example = self.raw[index]
+        example, rng = self._read(position)
         image = sources.decode_image(example["image"])
         scores = transforms.stack_crf_scores(
             load_crf_dict(self.la_dir, example["name"]), load_crf_dict(self.ha_dir, example["name"])
         )
         params = transforms.sample_aff_train_params(
-            example_rng(self.seed, epoch, index, STREAM_AFF),
+            rng,
             image.width,
             image.height,
             crop_size=self.crop_size,
@@ -459,20 +479,21 @@ def load_label_png(directory: str, name: str) -> np.ndarray:
     return label.astype(np.uint8)
 
 
-class SegTrainExample:
+class SegTrainExample(_TrainExample):
     """Host-local position -> {"image": (crop, crop, 3) float32, "label": (crop, crop) int32}."""
 
+    STREAM = STREAM_SEG
+
     def __init__(self, raw, order, seed, *, label_dir, crop_size, hsv, flip_prob, scale_range):
-        self.raw, self.order, self.seed = raw, order, int(seed)
+        super().__init__(raw, order, seed)
         self.label_dir = None if not label_dir else os.fspath(label_dir)
         self.crop_size = int(crop_size)
-        self.hsv = None if hsv is None else tuple(int(v) for v in hsv)
+        self.hsv = _optional_tuple(hsv, int)
         self.flip_prob = float(flip_prob)
-        self.scale_range = None if scale_range is None else tuple(float(v) for v in scale_range)
+        self.scale_range = _optional_tuple(scale_range, float)
 
     def __call__(self, position: int, _element=None) -> dict[str, np.ndarray]:
-        epoch, index = self.order.locate(position)
-        example = self.raw[index]
+        example, rng = self._read(position)
         image = decode_image_cv2(example["image"])
         if self.label_dir is None:
             label = sources.decode_mask(example["mask"])
@@ -484,7 +505,7 @@ class SegTrainExample:
                 f"is {image.shape[1]}x{image.shape[0]} (width x height)"
             )
         params = transforms.sample_seg_train_params(
-            example_rng(self.seed, epoch, index, STREAM_SEG),
+            rng,
             image.shape[0],
             image.shape[1],
             crop_size=self.crop_size,
