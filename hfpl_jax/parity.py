@@ -24,7 +24,10 @@ The comparison runs on the CPU in float32 with ``jax_default_matmul_precision="h
 ``--float64`` runs both frameworks in float64 instead; ``--conditioning`` adds, per parameter
 group, each framework's float32 gradient error against PyTorch in float64, which shows where the
 problem itself is ill-conditioned (the final stage's batch-statistics gradients at test sizes: there
-PyTorch's float32 is 1-15% from its float64 result, and the port's error is of the same size).
+PyTorch's float32 is 1-15% from its float64 result, and the port's error is of the same size), and
+then accepts a gradient tensor outside ``--grad-tol`` of PyTorch's float32 result when JAX's
+float32 error against float64 is within ``max(--grad-tol, PyTorch float32's own error)``
+(``add_gradient_rows``). ``--conv-impl`` picks the models' convolution implementation.
 """
 
 from __future__ import annotations
@@ -216,9 +219,19 @@ class Table:
     def __init__(self):
         self.rows: list[dict] = []
 
-    def add(self, quantity: str, abs_err: float, rel_err: float, tol: float, detail: str = ""):
+    def add(
+        self,
+        quantity: str,
+        abs_err: float,
+        rel_err: float,
+        tol: float,
+        detail: str = "",
+        ok: bool | None = None,
+    ):
+        """Add a row; ``ok`` defaults to ``rel_err <= tol``."""
+        ok = rel_err <= tol if ok is None else ok
         self.rows.append({"quantity": quantity, "max_abs": abs_err, "max_rel": rel_err,
-                          "tol": tol, "ok": bool(rel_err <= tol), "detail": detail})  # fmt: skip
+                          "tol": tol, "ok": bool(ok), "detail": detail})  # fmt: skip
 
     @property
     def ok(self) -> bool:
@@ -245,26 +258,48 @@ def _nhwc(t) -> np.ndarray:
     return t.detach().numpy().transpose(0, 2, 3, 1)
 
 
-def add_gradient_rows(table: Table, torch_grads: dict, jax_grads: dict, arch: str, tol: float):
-    """One row per parameter group (``hfpl_jax.models.param_label``): the worst tensor's error."""
+def add_gradient_rows(
+    table: Table,
+    torch_grads: dict,
+    jax_grads: dict,
+    arch: str,
+    tol: float,
+    torch64: dict | None = None,
+):
+    """One row per parameter group (``hfpl_jax.models.param_label``): the worst tensor's error.
+
+    With ``torch64`` (PyTorch's float64 gradients, ``--conditioning``) a tensor farther than
+    ``tol`` from PyTorch's float32 result still passes when its own error against float64 is
+    within ``max(tol, error of PyTorch float32 against float64)``: JAX is then at least as close
+    to the exact gradient as the reference is (a ReLU input within a few float32 ulps of zero can
+    land on either side in any float32 implementation, which moves every gradient below it)."""
     from hfpl_jax import models, weights
 
-    groups: dict[str, list[tuple[str, float, float]]] = {}
+    groups: dict[str, list[tuple[str, float, float, bool]]] = {}
     for name, want in torch_grads.items():
         got = jax_grads[name]
         collection, path, _ = weights.torch_name_to_flax(name, want)
         label = models.param_label("/".join(path), arch)
         abs_err, rel_err = errors(got, want)
-        groups.setdefault(label, []).append((name, abs_err, rel_err))
+        ok = rel_err <= tol
+        if not ok and torch64 is not None:
+            exact = torch64[name]
+            ok = errors(got, exact)[1] <= max(tol, errors(want, exact)[1])
+        groups.setdefault(label, []).append((name, abs_err, rel_err, ok))
     for label in sorted(groups):
         entries = groups[label]
         worst = max(entries, key=lambda e: e[2])
+        detail = f"worst {worst[0]}"
+        conditioned = sum(1 for e in entries if e[3] and e[2] > tol)
+        if conditioned:
+            detail += f"; {conditioned} within float32 conditioning (vs torch fp64)"
         table.add(
             f"grad[{label}] ({len(entries)} tensors)",
             max(e[1] for e in entries),
             worst[2],
             tol,
-            f"worst {worst[0]}",
+            detail,
+            ok=all(e[3] for e in entries),
         )
 
 
@@ -340,7 +375,7 @@ def compare_seam(args, net, state, table: Table) -> None:
     images = rng.standard_normal((n, h, w, 3)).astype(args.np_dtype)
     labels = (rng.random((n, k)) < 3.0 / k).astype(args.np_dtype)
     labels[np.arange(n), rng.integers(0, k, n)] = 1.0  # every image has a label
-    model = models.build("seam", k, dropout=False, dtype=args.jnp_dtype)
+    model = models.build("seam", k, dropout=False, dtype=args.jnp_dtype, conv_impl=args.conv_impl)
     variables = _flax_variables(state, "seam", args)
 
     # Forward, eval mode.
@@ -392,9 +427,11 @@ def compare_seam(args, net, state, table: Table) -> None:
         table.add(f"loss/{jax_name}", *errors(terms[jax_name], want), args.forward_tol,
                   f"{want:.6g} (branch 2 at {small[0]}x{small[1]})")  # fmt: skip
     jax_grads = weights.to_torch({"params": jax.tree.map(np.asarray, grads)})
-    add_gradient_rows(table, torch_grads, jax_grads, "seam", args.grad_tol)
+    grads64 = None
     if args.conditioning:
         _, grads64 = torch_side(copy.deepcopy(net).double(), np.float64)
+    add_gradient_rows(table, torch_grads, jax_grads, "seam", args.grad_tol, grads64)
+    if args.conditioning:
         add_conditioning_rows(table, torch_grads, jax_grads, grads64, "seam")
 
 
@@ -412,7 +449,7 @@ def compare_affinity(args, net, state, table: Table) -> None:
 
     rng = np.random.default_rng(args.seed + 1)
     images = rng.standard_normal((args.batch, *args.size, 3)).astype(args.np_dtype)
-    model = models.build("affinity", 0, dtype=args.jnp_dtype)
+    model = models.build("affinity", 0, dtype=args.jnp_dtype, conv_impl=args.conv_impl)
     variables = _flax_variables(state, "affinity", args)
 
     def torch_side(net_, dtype):
@@ -435,9 +472,11 @@ def compare_affinity(args, net, state, table: Table) -> None:
     table.add("forward/affinity", *errors(out["affinity"], aff.detach().numpy()),
               args.forward_tol, str(tuple(aff.shape)))  # fmt: skip
     jax_grads = weights.to_torch({"params": jax.tree.map(np.asarray, grads)})
-    add_gradient_rows(table, torch_grads, jax_grads, "affinity", args.grad_tol)
+    grads64 = None
     if args.conditioning:
         _, grads64 = torch_side(copy.deepcopy(net).double(), np.float64)
+    add_gradient_rows(table, torch_grads, jax_grads, "affinity", args.grad_tol, grads64)
+    if args.conditioning:
         add_conditioning_rows(table, torch_grads, jax_grads, grads64, "affinity")
 
 
@@ -453,7 +492,9 @@ def compare_deeplab(args, net, state, table: Table) -> None:
     n, (h, w), k = max(args.batch, 2), args.size, args.num_classes
     images = rng.standard_normal((n, h, w, 3)).astype(args.np_dtype)
     targets = rng.integers(0, k + 1, size=(n, h, w))
-    model = models.build("deeplab_largefov", k, dropout=False, dtype=args.jnp_dtype)
+    model = models.build(
+        "deeplab_largefov", k, dropout=False, dtype=args.jnp_dtype, conv_impl=args.conv_impl
+    )
     variables = _flax_variables(state, "deeplab_largefov", args)
     net.eval()
     with torch.no_grad():
@@ -486,10 +527,12 @@ def compare_deeplab(args, net, state, table: Table) -> None:
     table.add("forward/logits (batch stats)", *errors(out["logits"], _nhwc(logits)),
               args.forward_tol, str(tuple(out["logits"].shape)))  # fmt: skip
     jax_grads = weights.to_torch({"params": jax.tree.map(np.asarray, grads)})
-    add_gradient_rows(table, torch_grads, jax_grads, "deeplab_largefov", args.grad_tol)
+    grads64 = None
     if args.conditioning:
         net.load_state_dict(reference_state)
         _, grads64 = torch_side(copy.deepcopy(net).double(), np.float64)
+    add_gradient_rows(table, torch_grads, jax_grads, "deeplab_largefov", args.grad_tol, grads64)
+    if args.conditioning:
         add_conditioning_rows(table, torch_grads, jax_grads, grads64, "deeplab_largefov")
 
 
@@ -532,10 +575,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grad-tol", type=float, default=1e-3)
     parser.add_argument("--json", default=None, help="also write the table as JSON here")
     parser.add_argument(
+        "--conv-impl",
+        default="auto",
+        choices=("auto", "xla", "dot"),
+        help="how the Flax models compute convolutions (hfpl_jax.models.build's conv_impl)",
+    )
+    parser.add_argument(
         "--conditioning",
         action="store_true",
         help="also run the reference in float64 and report both frameworks' float32 gradient "
-        "errors against it (how far float32 itself is from the exact result)",
+        "errors against it (how far float32 itself is from the exact result); a gradient at least "
+        "as close to it as the reference's float32 one passes",
     )
     parser.add_argument(
         "--float64",
@@ -572,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.batch}x{args.size[0]}x{args.size[1]}, weights "
           f"{args.weights or f'seeded ({args.seed})'}, torch {torch.__version__}, "
           f"jax {jax.__version__}, {'float64' if args.float64 else 'float32'}, matmul precision "
-          "highest")  # fmt: skip
+          f"highest, conv_impl {args.conv_impl}")  # fmt: skip
     print("relative error = max|jax - torch| / max|torch| per array (worst tensor per group)")
     print(table.render())
     if args.json:

@@ -97,7 +97,13 @@ def test_seam_forward_and_gradients_match_reference(seam_setup):
         for name in ("cam", "cam_rv", "logits"):
             err = rel_err(out[name], golden[f"{key}/{name}"])
             assert err <= FORWARD_TOL, f"{key} {name}: {err:.2e}"
-        _check_grads(golden, key, grads)
+        # At 75x61 one ReLU input (b6.bn_branch2b1, channel 275, one pixel) is 1.4e-6 on a scale
+        # of 9 (float64), 1.5 float32 ulps: its sign is a float32 coin toss. PyTorch and XLA's
+        # convolution land above zero, the im2col + dot convolution ("auto" on CPU) at -9e-8; the
+        # one flipped ReLU moves the gradients of b6 and every layer below by up to 2e-3 (with
+        # conv_impl="xla" they agree with the fixture to 2e-6). At 64x64 no ReLU input is that
+        # close to zero and the 1e-3 target holds.
+        _check_grads(golden, key, grads, tol=GRAD_TOL if key == "64" else 5e-3)
 
 
 @pytest.mark.slow
@@ -223,6 +229,26 @@ def test_parity_tool_helpers(tmp_path):
         parity.import_reference(str(tmp_path))
 
 
+def test_parity_gradient_rows_accept_float32_conditioning():
+    """Outside --grad-tol of PyTorch float32, a tensor passes only when it is at least as close to
+    PyTorch float64 as PyTorch float32 is (or within the tolerance of float64)."""
+    from hfpl_jax import parity
+
+    exact = np.array([[[[1.0]]], [[[2.0]]]])  # b7.conv_branch1.weight (2, 1, 1, 1): group weight
+    torch32 = {"b7.conv_branch1.weight": exact * (1 + 6e-3)}  # the reference's own float32 error
+    for jax_grad, ok in ((exact * (1 + 2e-5), True), (exact * (1 + 3e-3), True),
+                         (exact * (1 - 7e-3), False)):  # fmt: skip
+        jax32 = {"b7.conv_branch1.weight": jax_grad}
+        table = parity.Table()
+        parity.add_gradient_rows(table, torch32, jax32, "seam", 1e-3, torch64={
+            "b7.conv_branch1.weight": exact})  # fmt: skip
+        assert table.ok is ok and table.rows[0]["max_rel"] > 1e-3
+        assert ("within float32 conditioning" in table.rows[0]["detail"]) is ok
+        plain = parity.Table()
+        parity.add_gradient_rows(plain, torch32, jax32, "seam", 1e-3)
+        assert not plain.ok
+
+
 def _reference_checkout():
     path = os.environ.get("HFPL_REFERENCE", "/work/ref/hfpl")
     if not os.path.isfile(os.path.join(path, "network", "resnet38_SEAM.py")):
@@ -237,8 +263,11 @@ def test_compare_torch_seam_end_to_end(tmp_path, capsys):
 
     reference = _reference_checkout()
     report = tmp_path / "seam.json"
+    # --conditioning: at this size PyTorch's float32 gradients of b7 are 6e-3 from its float64
+    # ones (a ReLU input within float32 rounding of zero); the tool then accepts a JAX gradient
+    # that is at least as close to float64 (with the im2col + dot convolution it is 2e-5 away).
     code = parity.main(["--reference", reference, "--arch", "seam", "--size", "48",
-                        "--json", str(report)])  # fmt: skip
+                        "--conditioning", "--json", str(report)])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0, out
     import json

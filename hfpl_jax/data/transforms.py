@@ -27,6 +27,7 @@ import dataclasses
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from hfpl_jax.affinity_pairs import search_offsets as affinity_offsets
 from hfpl_jax.image_ops import IMAGENET_MEAN, IMAGENET_STD, normalization_table
 
 IGNORE_LABEL = 255
@@ -318,17 +319,6 @@ def msf_seg_inputs(
 
 # --------------------------------------------------------------------------------------------------
 # AffinityNet training (spec §7.2)
-
-
-def affinity_offsets(radius: int = 5) -> list[tuple[int, int]]:
-    """The (dy, dx) pair offsets within ``radius``: (0, 1..r−1), then for dy = 1..r−1 and
-    dx = −(r−1)..r−1 those with dx² + dy² < r², in loop order (34 offsets for r = 5)."""
-    offsets = [(0, dx) for dx in range(1, radius)]
-    for dy in range(1, radius):
-        for dx in range(-radius + 1, radius):
-            if dx * dx + dy * dy < radius * radius:
-                offsets.append((dy, dx))
-    return offsets
 
 
 def extract_affinity_labels(label: np.ndarray, radius: int = 5):

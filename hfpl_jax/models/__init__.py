@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from hfpl_jax.models import affinity, deeplab, resnet50_cam, seam
 from hfpl_jax.models.affinity import AffinityNet
 from hfpl_jax.models.deeplab import DeepLabLargeFOV
-from hfpl_jax.models.layers import check_batch_norm_mode
+from hfpl_jax.models.layers import CONV_IMPLS, check_batch_norm_mode, check_conv_impl
 from hfpl_jax.models.resnet38 import ResNet38
 from hfpl_jax.models.resnet50_cam import ResNet50CAM
 from hfpl_jax.models.seam import SEAM
@@ -76,6 +76,7 @@ WEIGHT_DECAY = {"weight": True, "bias": False, "scratch_weight": True, "scratch_
 
 __all__ = [
     "ARCHS",
+    "CONV_IMPLS",
     "AffinityNet",
     "DeepLabLargeFOV",
     "FROM_SCRATCH_PATTERNS",
@@ -108,6 +109,7 @@ def build(
     batch_norm: str | None = None,
     bn_momentum: float | None = None,
     dropout: bool = True,
+    conv_impl: str = "auto",
 ) -> nn.Module:
     """Build a model.
 
@@ -125,6 +127,11 @@ def build(
       bn_momentum: Flax-convention momentum of the running statistics (default: PyTorch 0.1 ->
         0.9, DeepLab 0.0003 -> 0.9997).
       dropout: False disables every dropout layer even when training (parity checks, ablations).
+      conv_impl: how convolutions are computed, one of ``CONV_IMPLS`` (same parameters, same
+        results to float rounding): "xla" (``lax.conv_general_dilated``), "dot" (1x1 as a matrix
+        product, kxk as im2col + one matrix product) or "auto" (the default): "dot" on the CPU
+        backend, where XLA's dot is much faster than its convolution, "xla" on GPU/TPU, where the
+        convolution (cuDNN, the TPU's) is the fast path. See ``layers.resolve_conv_impl``.
     """
     check_arch(arch)
     if not isinstance(num_classes, int) or num_classes < (0 if arch == "affinity" else 1):
@@ -134,6 +141,7 @@ def build(
     batch_norm = _DEFAULT_BATCH_NORM[arch] if batch_norm is None else batch_norm
     check_batch_norm_mode(batch_norm)
     momentum = _DEFAULT_BN_MOMENTUM[arch] if bn_momentum is None else float(bn_momentum)
+    check_conv_impl(conv_impl)
     return _MODULES[arch](
         num_classes=num_classes,
         width=float(width),
@@ -142,6 +150,7 @@ def build(
         bn_momentum=momentum,
         dtype=dtype,
         dropout=bool(dropout),
+        conv_impl=conv_impl,
     )
 
 

@@ -16,19 +16,16 @@ and b2 included, is trained.
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from hfpl_jax.image_ops import resize_bilinear
 from hfpl_jax.models.layers import (
-    BatchNorm,
-    Conv2d,
+    ModelOptions,
     check_images,
     kaiming_normal,
     output_dtype,
-    scaled_channels,
     use_running_average,
 )
 from hfpl_jax.models.resnet38 import ResNet38
@@ -41,47 +38,32 @@ NOT_TRAINING_PATTERNS = (r"(^|/)bn[^/]*/(scale|bias)$",)
 BN_MOMENTUM = 0.9997  # PyTorch momentum 0.0003 (TRAIN_BN_MOM and lib/net/backbone/resnet38d.bn_mom)
 
 
-class DeepLabLargeFOV(nn.Module):
-    """``__call__(images, train)`` -> ``{"logits": (N, H, W, num_classes + 1)}``."""
+class DeepLabLargeFOV(ModelOptions):
+    """``__call__(images, train)`` -> ``{"logits": (N, H, W, num_classes + 1)}``.
+
+    Options: ``ModelOptions`` (keyword-only), with the final stage's defaults: batch statistics and
+    BN momentum ``BN_MOMENTUM``.
+    """
 
     num_classes: int
-    width: float = 1.0
-    blocks: tuple | None = None
+    _: dataclasses.KW_ONLY
     batch_norm: str = "batch"
     bn_momentum: float = BN_MOMENTUM
-    dtype: Any = jnp.float32
-    dropout: bool = True
 
     @nn.compact
     def __call__(self, images, train: bool = False) -> dict:
         check_images(images)
-        _, height, width_px, _ = images.shape
-        taps = ResNet38(
-            width=self.width,
-            blocks=self.blocks,
-            batch_norm=self.batch_norm,
-            bn_momentum=self.bn_momentum,
-            dtype=self.dtype,
-            dropout=self.dropout,
-            name="backbone",
-        )(images, train=train)
+        taps = ResNet38(**self.model_options(), name="backbone")(images, train=train)
         running = use_running_average(self.batch_norm, train)
-        bn = dict(momentum=self.bn_momentum, dtype=self.dtype)
         fan_out = kaiming_normal("fan_out")
-        features = scaled_channels(512, self.width)
-        x = Conv2d(
-            features, 3, padding=12, dilation=12, kernel_init=fan_out, dtype=self.dtype,
-            name="conv_fov",
-        )(taps["conv6"])  # fmt: skip
-        x = nn.relu(BatchNorm(name="bn_fov", **bn)(x, running))
-        x = Conv2d(features, 1, kernel_init=fan_out, dtype=self.dtype, name="conv_fov2")(x)
-        x = nn.relu(BatchNorm(name="bn_fov2", **bn)(x, running))
+        features = self.channels(512)
+        conv_fov = self.conv(features, 3, padding=12, dilation=12, kernel_init=fan_out,
+                             name="conv_fov")  # fmt: skip
+        x = nn.relu(self.norm("bn_fov")(conv_fov(taps["conv6"]), running))
+        x = self.conv(features, 1, kernel_init=fan_out, name="conv_fov2")(x)
+        x = nn.relu(self.norm("bn_fov2")(x, running))
         x = nn.Dropout(0.5, name="dropout1")(x, deterministic=not (train and self.dropout))
-        x = Conv2d(
-            self.num_classes + 1, 1, use_bias=True, kernel_init=fan_out, dtype=self.dtype,
-            name="cls_conv",
-        )(x)  # fmt: skip
-        logits = resize_bilinear(
-            x.astype(output_dtype(self.dtype)), (height, width_px), align_corners=True
-        )
-        return {"logits": logits}
+        cls_conv = self.conv(self.num_classes + 1, 1, use_bias=True, kernel_init=fan_out,
+                             name="cls_conv")  # fmt: skip
+        logits = cls_conv(x).astype(output_dtype(self.dtype))
+        return {"logits": resize_bilinear(logits, images.shape[1:3], align_corners=True)}

@@ -3,7 +3,9 @@
 - ``Conv2d``: explicit symmetric padding (PyTorch's ``padding=p`` pads ``p`` on both sides; Flax's
   ``'SAME'`` pads ``(0, 1)`` on even sizes for strided convs, which gives the same shape but
   different values). Kernel ``(kh, kw, in, out)`` (HWIO), the transpose ``(2, 3, 1, 0)`` of
-  PyTorch's OIHW.
+  PyTorch's OIHW. Two implementations of the same function (``conv2d``, ``CONV_IMPLS``): XLA's
+  convolution, or a matrix product (1x1: one dot; kxk: im2col + one dot), which is the faster one
+  on CPU, where XLA's dot is much better tuned than its convolution.
 - ``BatchNorm``: ``y = (x - mean) / sqrt(var + eps) * scale + bias`` per channel, in float32
   (float64 when the compute dtype is float64).
   With batch statistics (``use_running_average=False``) ``mean`` and ``var`` are the biased moments
@@ -22,6 +24,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -71,12 +75,151 @@ def scaled_channels(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+CONV_IMPLS = ("auto", "xla", "dot")
+
+
+def check_conv_impl(conv_impl: str) -> None:
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, found {conv_impl!r}")
+
+
+def resolve_conv_impl(conv_impl: str) -> str:
+    """The implementation ``conv2d`` uses for ``conv_impl``: "auto" -> "dot" on CPU, else "xla".
+
+    "auto" is decided when the function is traced, from ``jax.default_backend()``. On CPU, XLA's
+    convolution is 1.2-1.7x slower than PyTorch's oneDNN kernels, while its dot is fast, so the
+    im2col + dot form wins (BENCHMARKS.md, "CAM training step"). On GPU and TPU the convolution
+    (cuDNN, the TPU's native convolution) is the fast path and im2col would only add memory
+    traffic, so "auto" keeps XLA's convolution there.
+    """
+    check_conv_impl(conv_impl)
+    if conv_impl == "auto":
+        return "dot" if jax.default_backend() == "cpu" else "xla"
+    return conv_impl
+
+
+def conv_output_size(size: int, kernel_size: int, stride: int, padding: int, dilation: int) -> int:
+    """``floor((size + 2 p - d (k - 1) - 1) / s) + 1``, PyTorch's output length of one axis."""
+    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+
+
+def im2col(x: Array, kernel_size: int, stride: int, padding: int, dilation: int) -> Array:
+    """Patches of a convolution: ``(N, H, W, C) -> (N, Ho, Wo, k * k * C)``.
+
+    ``patches[n, i, j, (a * k + b) * C + c] = x_pad[n, s*i + d*a, s*j + d*b, c]``: the ``k * k``
+    strided, shifted views of the zero-padded input, concatenated on the channel axis in the
+    row-major order of an HWIO kernel's first three axes, so that
+    ``conv(x, kernel) == patches @ kernel.reshape(k * k * C, O)``.
+    """
+    n, h, w, c = x.shape
+    k, s, d = kernel_size, stride, dilation
+    out_h = conv_output_size(h, k, s, padding, d)
+    out_w = conv_output_size(w, k, s, padding, d)
+    if out_h < 1 or out_w < 1:
+        raise ValueError(
+            f"conv2d: input {h}x{w} too small for kernel {k}, dilation {d}, padding {padding}"
+        )
+    if padding:
+        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    views = [
+        jax.lax.slice(
+            x,
+            (0, d * a, d * b, 0),
+            (n, d * a + s * (out_h - 1) + 1, d * b + s * (out_w - 1) + 1, c),
+            (1, s, s, 1),
+        )
+        for a in range(k)
+        for b in range(k)
+    ]
+    return views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+
+
+def _patches_dot(x: Array, kernel: Array, stride: int, padding: int, dilation: int) -> Array:
+    patches = im2col(x, kernel.shape[0], stride, padding, dilation)
+    n, out_h, out_w, depth = patches.shape
+    y = jnp.dot(patches.reshape(n * out_h * out_w, depth), kernel.reshape(depth, -1))
+    return y.reshape(n, out_h, out_w, -1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_via_im2col(x, kernel, stride, padding, dilation):
+    return _patches_dot(x, kernel, stride, padding, dilation)
+
+
+def _conv_via_im2col_fwd(x, kernel, stride, padding, dilation):
+    # The patches are k*k times the input: save the input and rebuild them in the backward pass (a
+    # few copies, cheap next to the dots), so that training memory is that of a convolution.
+    return _patches_dot(x, kernel, stride, padding, dilation), (x, kernel)
+
+
+def _conv_via_im2col_bwd(stride, padding, dilation, residuals, dy):
+    x, kernel = residuals
+    # Make the rebuild depend on the cotangent, or XLA merges it with the forward pass's patches
+    # (common-subexpression elimination) and keeps every layer's patches alive until its backward:
+    # k*k times the activation memory. An optimization barrier does not stop that on CPU (XLA's CPU
+    # pipeline removes barriers before CSE), so add an exact zero computed from ``dy`` (``isnan``
+    # is 0 or 1, and a float product with 0 is not folded away). ``x + 0 == x`` up to the sign of
+    # zeros, which no sum or product here can tell apart.
+    x = x + jnp.isnan(dy.reshape(-1)[0]).astype(x.dtype) * jnp.zeros((), x.dtype)
+    k, _, _, out_features = kernel.shape
+    patches, patches_vjp = jax.vjp(lambda v: im2col(v, k, stride, padding, dilation), x)
+    depth = patches.shape[-1]
+    dy2 = dy.reshape(-1, out_features)
+    kernel_grad = jnp.dot(patches.reshape(-1, depth).T, dy2).reshape(kernel.shape)
+    patches_grad = jnp.dot(dy2, kernel.reshape(depth, out_features).T).reshape(patches.shape)
+    (x_grad,) = patches_vjp(patches_grad)
+    return x_grad, kernel_grad
+
+
+_conv_via_im2col.defvjp(_conv_via_im2col_fwd, _conv_via_im2col_bwd)
+
+
+def conv2d(
+    x: Array,
+    kernel: Array,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    impl: str = "auto",
+) -> Array:
+    """PyTorch's ``conv2d`` in NHWC/HWIO, without bias (see ``Conv2d``); ``impl`` in ``CONV_IMPLS``.
+
+    ``y[n, i, j, o] = sum_{a,b,c} x_pad[n, s*i + d*a, s*j + d*b, c] * kernel[a, b, c, o]``, input
+    ``(N, H, W, C)``, kernel ``(k, k, C, O)``, output ``(N, Ho, Wo, O)`` (``conv_output_size``), in
+    the common dtype of ``x`` and ``kernel``, at the default matmul precision (so
+    ``jax_default_matmul_precision='highest'`` gives float32-accurate results either way).
+    "xla": ``lax.conv_general_dilated``; "dot": ``im2col(x) @ kernel.reshape(k*k*C, O)`` (for 1x1,
+    just the strided input); "auto": ``resolve_conv_impl``.
+    """
+    impl = resolve_conv_impl(impl)
+    if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1] or kernel.shape[2] != x.shape[-1]:
+        raise ValueError(
+            f"conv2d: kernel must be (k, k, {x.shape[-1]}, out) for input {x.shape}, "
+            f"found {kernel.shape}"
+        )
+    if impl == "xla":
+        return jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            window_strides=(stride, stride),
+            padding=((padding, padding), (padding, padding)),
+            rhs_dilation=(dilation, dilation),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+    if kernel.shape[0] == 1:
+        # No expansion: autodiff of the dot saves the (strided) input, as a convolution would.
+        return _patches_dot(x, kernel, stride, padding, dilation)
+    return _conv_via_im2col(x, kernel, stride, padding, dilation)
+
+
 class Conv2d(nn.Module):
-    """2-D convolution with PyTorch's padding/dilation semantics.
+    """2-D convolution with PyTorch's padding/dilation semantics (``conv2d`` plus a bias).
 
     ``y[n, i, j, o] = sum_{a,b,c} x_pad[n, s*i + d*a, s*j + d*b, c] * kernel[a, b, c, o] + bias[o]``
     with ``x_pad`` padded by ``padding`` zeros on every side. Input ``(N, H, W, C_in)``, output
-    ``(N, floor((H + 2p - d*(k-1) - 1)/s) + 1, ..., features)``.
+    ``(N, floor((H + 2p - d*(k-1) - 1)/s) + 1, ..., features)``. ``conv_impl`` picks how it is
+    computed (``resolve_conv_impl``); parameters and results do not depend on it.
     """
 
     features: int
@@ -88,6 +231,7 @@ class Conv2d(nn.Module):
     kernel_init: Initializer | None = None
     bias_init: Initializer | None = None
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -95,13 +239,13 @@ class Conv2d(nn.Module):
         k = self.kernel_size
         kernel_init = self.kernel_init or torch_default_kernel_init()
         kernel = self.param("kernel", kernel_init, (k, k, in_features, self.features), jnp.float32)
-        y = jax.lax.conv_general_dilated(
+        y = conv2d(
             x.astype(self.dtype),
             kernel.astype(self.dtype),
-            window_strides=(self.stride, self.stride),
-            padding=((self.padding, self.padding), (self.padding, self.padding)),
-            rhs_dilation=(self.dilation, self.dilation),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            impl=self.conv_impl,
         )
         if self.use_bias:
             bias_init = self.bias_init or torch_default_bias_init(in_features * k * k)
@@ -157,6 +301,62 @@ class BatchNorm(nn.Module):
         y = (xf - mean.astype(compute)) * jax.lax.rsqrt(var.astype(compute) + self.epsilon)
         y = y * scale.astype(compute) + bias.astype(compute)
         return y.astype(self.dtype)
+
+
+class LayerOptions(nn.Module):
+    """Base of the blocks and models: keyword-only compute options and the layers made with them.
+
+    ``bn_momentum`` (Flax convention), ``dtype`` (compute dtype) and ``conv_impl`` (``CONV_IMPLS``)
+    go to every ``Conv2d`` / ``BatchNorm`` that ``conv`` / ``norm`` create. Call those from a
+    ``@nn.compact`` method: the layers become children of the calling module.
+    """
+
+    _: dataclasses.KW_ONLY
+    bn_momentum: float = 0.9
+    dtype: Any = jnp.float32
+    conv_impl: str = "auto"
+
+    def layer_options(self) -> dict:
+        """``{"bn_momentum", "dtype", "conv_impl"}`` of this module, to pass on to a child block."""
+        return {name: getattr(self, name) for name in ("bn_momentum", "dtype", "conv_impl")}
+
+    def conv(self, features: int, kernel_size: int = 1, stride: int = 1, **kwargs) -> Conv2d:
+        """A ``Conv2d`` in this module's dtype and conv implementation (``kwargs``: padding ...)."""
+        return Conv2d(
+            features, kernel_size, stride, dtype=self.dtype, conv_impl=self.conv_impl, **kwargs
+        )
+
+    def norm(self, name: str) -> BatchNorm:
+        """A ``BatchNorm`` with this module's momentum and dtype."""
+        return BatchNorm(momentum=self.bn_momentum, dtype=self.dtype, name=name)
+
+
+MODEL_OPTIONS = ("width", "blocks", "batch_norm", "bn_momentum", "dtype", "dropout", "conv_impl")
+
+
+class ModelOptions(LayerOptions):
+    """Base of the models (keyword-only fields, the options of ``hfpl_jax.models.build``).
+
+    Attributes:
+      width, blocks: model size (``scaled_channels``; blocks per stage, ``None`` = full).
+      batch_norm: "frozen" or "batch" (``use_running_average``).
+      dropout: False turns every dropout layer off, also when training.
+      bn_momentum, dtype, conv_impl: see ``LayerOptions``.
+    """
+
+    _: dataclasses.KW_ONLY
+    width: float = 1.0
+    blocks: tuple | None = None
+    batch_norm: str = "frozen"
+    dropout: bool = True
+
+    def model_options(self) -> dict:
+        """This module's ``MODEL_OPTIONS`` fields, e.g. for ``resnet38_trunk`` or a backbone."""
+        return {name: getattr(self, name) for name in MODEL_OPTIONS}
+
+    def channels(self, full: int) -> int:
+        """``scaled_channels(full, self.width)``."""
+        return scaled_channels(full, self.width)
 
 
 class Dropout2d(nn.Module):

@@ -35,6 +35,8 @@ from hfpl_jax.models.layers import (
     BatchNorm,
     Conv2d,
     Dropout2d,
+    LayerOptions,
+    ModelOptions,
     check_batch_norm_mode,
     check_blocks,
     scaled_channels,
@@ -49,7 +51,7 @@ FULL_BLOCKS = (3, 3, 6, 3)
 BACKBONE_NOT_TRAINING_PATTERNS = (r"^(conv1a|b2|b2_\d+)/", r"(^|/)bn[^/]*/(scale|bias)$")
 
 
-class ResBlock(nn.Module):
+class ResBlock(LayerOptions):
     """Pre-activation basic block; returns ``(y, a)`` with ``a = relu(bn_branch2a(x))``."""
 
     mid_features: int
@@ -57,73 +59,44 @@ class ResBlock(nn.Module):
     stride: int = 1
     first_dilation: int = 1
     dilation: int = 1
-    bn_momentum: float = 0.9
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, *, running_average: bool):
-        in_features = x.shape[-1]
-        same_shape = in_features == self.out_features and self.stride == 1
-        bn = dict(momentum=self.bn_momentum, dtype=self.dtype)
-        a = nn.relu(BatchNorm(name="bn_branch2a", **bn)(x, running_average))
+        same_shape = x.shape[-1] == self.out_features and self.stride == 1
+        a = nn.relu(self.norm("bn_branch2a")(x, running_average))
         if same_shape:
             shortcut = x
         else:
-            shortcut = Conv2d(
-                self.out_features, 1, self.stride, dtype=self.dtype, name="conv_branch1"
-            )(a)
-        r = Conv2d(
-            self.mid_features,
-            3,
-            self.stride,
-            padding=self.first_dilation,
-            dilation=self.first_dilation,
-            dtype=self.dtype,
-            name="conv_branch2a",
+            shortcut = self.conv(self.out_features, 1, self.stride, name="conv_branch1")(a)
+        d1, d = self.first_dilation, self.dilation
+        r = self.conv(
+            self.mid_features, 3, self.stride, padding=d1, dilation=d1, name="conv_branch2a"
         )(a)
-        r = nn.relu(BatchNorm(name="bn_branch2b1", **bn)(r, running_average))
-        r = Conv2d(
-            self.out_features,
-            3,
-            1,
-            padding=self.dilation,
-            dilation=self.dilation,
-            dtype=self.dtype,
-            name="conv_branch2b1",
-        )(r)
+        r = nn.relu(self.norm("bn_branch2b1")(r, running_average))
+        r = self.conv(self.out_features, 3, padding=d, dilation=d, name="conv_branch2b1")(r)
         return shortcut + r, a
 
 
-class ResBlockBottleneck(nn.Module):
+class ResBlockBottleneck(LayerOptions):
     """Pre-activation bottleneck block with channel dropout; returns ``(y, a)``."""
 
     out_features: int
     stride: int = 1
     dilation: int = 1
     dropout: float = 0.0
-    bn_momentum: float = 0.9
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, *, running_average: bool, train: bool):
-        bn = dict(momentum=self.bn_momentum, dtype=self.dtype)
-        out = self.out_features
-        a = nn.relu(BatchNorm(name="bn_branch2a", **bn)(x, running_average))
-        shortcut = Conv2d(out, 1, self.stride, dtype=self.dtype, name="conv_branch1")(a)
-        r = Conv2d(out // 4, 1, self.stride, dtype=self.dtype, name="conv_branch2a")(a)
-        r = nn.relu(BatchNorm(name="bn_branch2b1", **bn)(r, running_average))
+        out, d = self.out_features, self.dilation
+        a = nn.relu(self.norm("bn_branch2a")(x, running_average))
+        shortcut = self.conv(out, 1, self.stride, name="conv_branch1")(a)
+        r = self.conv(out // 4, 1, self.stride, name="conv_branch2a")(a)
+        r = nn.relu(self.norm("bn_branch2b1")(r, running_average))
         r = Dropout2d(self.dropout, name="dropout_2b1")(r, deterministic=not train)
-        r = Conv2d(
-            out // 2,
-            3,
-            padding=self.dilation,
-            dilation=self.dilation,
-            dtype=self.dtype,
-            name="conv_branch2b1",
-        )(r)
-        r = nn.relu(BatchNorm(name="bn_branch2b2", **bn)(r, running_average))
+        r = self.conv(out // 2, 3, padding=d, dilation=d, name="conv_branch2b1")(r)
+        r = nn.relu(self.norm("bn_branch2b2")(r, running_average))
         r = Dropout2d(self.dropout, name="dropout_2b2")(r, deterministic=not train)
-        r = Conv2d(out, 1, dtype=self.dtype, name="conv_branch2b2")(r)
+        r = self.conv(out, 1, name="conv_branch2b2")(r)
         return shortcut + r, a
 
 
@@ -141,17 +114,19 @@ def resnet38_trunk(
     bn_momentum: float = 0.9,
     dtype: Any = jnp.float32,
     dropout: bool = True,
+    conv_impl: str = "auto",
 ) -> dict:
     """Run the ResNet-38 layers, creating them in the *calling* module's scope.
 
     Call from inside a ``@nn.compact`` method: the layers become direct children of the caller
     (``conv1a``, ``b2``, ... ``bn7``), which keeps SEAM's and AffinityNet's parameter paths flat as
-    in the PyTorch state dicts.
+    in the PyTorch state dicts. A ``ModelOptions`` caller passes ``**self.model_options()``.
 
     Args:
       x: ``(N, H, W, 3)`` normalised images.
       train: enables Dropout2d in b6/b7, and batch statistics when ``batch_norm == "batch"``.
       dropout: False turns Dropout2d off even when training (parity checks, ablations).
+      conv_impl: how the convolutions are computed (``layers.CONV_IMPLS``; same results).
 
     Returns:
       ``{"conv3": (N, ceil(H/4), ceil(W/4), 256w), "conv4": (N, h, w, 512w),
@@ -161,9 +136,9 @@ def resnet38_trunk(
     blocks = check_blocks(blocks, FULL_BLOCKS, "resnet38")
     running = use_running_average(batch_norm, train)
     c = lambda n: scaled_channels(n, width)  # noqa: E731
-    common = dict(bn_momentum=bn_momentum, dtype=dtype)
+    common = dict(bn_momentum=bn_momentum, dtype=dtype, conv_impl=conv_impl)
 
-    x = Conv2d(c(64), 3, padding=1, dtype=dtype, name="conv1a")(x)
+    x = Conv2d(c(64), 3, padding=1, dtype=dtype, conv_impl=conv_impl, name="conv1a")(x)
     taps = {}
     # (stage, mid, out, first-block stride, first-block first dilation, dilation)
     stages = [
@@ -201,25 +176,9 @@ def resnet38_trunk(
     return taps
 
 
-class ResNet38(nn.Module):
+class ResNet38(ModelOptions):
     """The ResNet-38 backbone alone: ``__call__(x, train)`` -> the taps of ``resnet38_trunk``."""
-
-    width: float = 1.0
-    blocks: tuple | None = None
-    batch_norm: str = "frozen"
-    bn_momentum: float = 0.9
-    dtype: Any = jnp.float32
-    dropout: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False) -> dict:
-        return resnet38_trunk(
-            x,
-            train=train,
-            width=self.width,
-            blocks=self.blocks,
-            batch_norm=self.batch_norm,
-            bn_momentum=self.bn_momentum,
-            dtype=self.dtype,
-            dropout=self.dropout,
-        )
+        return resnet38_trunk(x, train=train, **self.model_options())

@@ -26,22 +26,19 @@ running statistics ("frozen") as in the ResNet-38 CAM stage. Weights import from
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from hfpl_jax.image_ops import resize_bilinear
 from hfpl_jax.models.layers import (
-    BatchNorm,
-    Conv2d,
+    LayerOptions,
+    ModelOptions,
     check_batch_norm_mode,
     check_blocks,
     check_images,
     kaiming_normal,
     output_dtype,
-    scaled_channels,
     use_running_average,
     xavier_uniform,
 )
@@ -58,72 +55,57 @@ NOT_TRAINING_PATTERNS = (
 )
 
 
-class Downsample(nn.Module):
+class Downsample(LayerOptions):
     """torchvision's ``downsample = Sequential(conv1x1(stride), BatchNorm)``: names "0" and "1"."""
 
     features: int
     stride: int
-    bn_momentum: float
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, running_average: bool):
-        x = Conv2d(
-            self.features, 1, self.stride, kernel_init=kaiming_normal("fan_out"), dtype=self.dtype,
-            name="0",
-        )(x)  # fmt: skip
-        return BatchNorm(momentum=self.bn_momentum, dtype=self.dtype, name="1")(x, running_average)
+        x = self.conv(self.features, 1, self.stride, kernel_init=kaiming_normal("fan_out"),
+                      name="0")(x)  # fmt: skip
+        return self.norm("1")(x, running_average)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(LayerOptions):
     """torchvision ResNet-50 v1.5 bottleneck (stride on the 3x3 conv)."""
 
     planes: int
     stride: int = 1
-    bn_momentum: float = 0.9
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, running_average: bool):
         out_features = self.planes * EXPANSION
         init = kaiming_normal("fan_out")
-        bn = dict(momentum=self.bn_momentum, dtype=self.dtype)
-        y = Conv2d(self.planes, 1, kernel_init=init, dtype=self.dtype, name="conv1")(x)
-        y = nn.relu(BatchNorm(name="bn1", **bn)(y, running_average))
-        y = Conv2d(
-            self.planes, 3, self.stride, padding=1, kernel_init=init, dtype=self.dtype,
-            name="conv2",
-        )(y)  # fmt: skip
-        y = nn.relu(BatchNorm(name="bn2", **bn)(y, running_average))
-        y = Conv2d(out_features, 1, kernel_init=init, dtype=self.dtype, name="conv3")(y)
-        y = BatchNorm(name="bn3", **bn)(y, running_average)
+        y = self.conv(self.planes, 1, kernel_init=init, name="conv1")(x)
+        y = nn.relu(self.norm("bn1")(y, running_average))
+        y = self.conv(self.planes, 3, self.stride, padding=1, kernel_init=init, name="conv2")(y)
+        y = nn.relu(self.norm("bn2")(y, running_average))
+        y = self.conv(out_features, 1, kernel_init=init, name="conv3")(y)
+        y = self.norm("bn3")(y, running_average)
         if self.stride != 1 or x.shape[-1] != out_features:
-            shortcut = Downsample(out_features, self.stride, self.bn_momentum, self.dtype,
-                                  name="downsample")(x, running_average)  # fmt: skip
+            downsample = Downsample(out_features, self.stride, **self.layer_options(),
+                                    name="downsample")  # fmt: skip
+            shortcut = downsample(x, running_average)
         else:
             shortcut = x
         return nn.relu(y + shortcut)
 
 
-class ResNetStage(nn.Module):
+class ResNetStage(LayerOptions):
     """torchvision ``layerS``: blocks named "0", "1", ...; the first carries the stride."""
 
     planes: int
     num_blocks: int
     stride: int
-    bn_momentum: float = 0.9
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, running_average: bool):
         for i in range(self.num_blocks):
-            x = Bottleneck(
-                self.planes,
-                self.stride if i == 0 else 1,
-                bn_momentum=self.bn_momentum,
-                dtype=self.dtype,
-                name=str(i),
-            )(x, running_average)
+            block = Bottleneck(self.planes, self.stride if i == 0 else 1, **self.layer_options(),
+                               name=str(i))  # fmt: skip
+            x = block(x, running_average)
         return x
 
 
@@ -134,16 +116,14 @@ def max_pool_3x3_s2(x):
     )
 
 
-class ResNet50CAM(nn.Module):
-    """``__call__(images, train)`` -> ``{"cam": (N,H,W,K+1), "logits": (N,h,w,K+1)}`` (OS 16)."""
+class ResNet50CAM(ModelOptions):
+    """``__call__(images, train)`` -> ``{"cam": (N,H,W,K+1), "logits": (N,h,w,K+1)}`` (OS 16).
+
+    Options: ``ModelOptions`` (keyword-only); ``dropout`` is accepted for a uniform ``build`` and
+    unused (this network has no dropout).
+    """
 
     num_classes: int
-    width: float = 1.0
-    blocks: tuple | None = None
-    batch_norm: str = "frozen"
-    bn_momentum: float = 0.9
-    dtype: Any = jnp.float32
-    dropout: bool = True  # accepted for a uniform build(); this network has no dropout
 
     @nn.compact
     def __call__(self, images, train: bool = False) -> dict:
@@ -151,23 +131,18 @@ class ResNet50CAM(nn.Module):
         check_batch_norm_mode(self.batch_norm)
         blocks = check_blocks(self.blocks, FULL_BLOCKS, "resnet50_cam")
         running = use_running_average(self.batch_norm, train)
-        _, height, width_px, _ = images.shape
-        c = lambda n: scaled_channels(n, self.width)  # noqa: E731
-        x = Conv2d(
-            c(64), 7, 2, padding=3, kernel_init=kaiming_normal("fan_out"), dtype=self.dtype,
-            name="conv1",
-        )(images)  # fmt: skip
-        x = nn.relu(BatchNorm(momentum=self.bn_momentum, dtype=self.dtype, name="bn1")(x, running))
-        x = max_pool_3x3_s2(x)
+        c = self.channels
+        x = self.conv(c(64), 7, 2, padding=3, kernel_init=kaiming_normal("fan_out"),
+                      name="conv1")(images)  # fmt: skip
+        x = max_pool_3x3_s2(nn.relu(self.norm("bn1")(x, running)))
         for stage, (planes, count, stride) in enumerate(
             zip((64, 128, 256, 512), blocks, STRIDES, strict=True), start=1
         ):
-            x = ResNetStage(
-                c(planes), count, stride, self.bn_momentum, self.dtype, name=f"layer{stage}"
-            )(x, running)
-        logits = Conv2d(
-            self.num_classes + 1, 1, kernel_init=xavier_uniform(1.0), dtype=self.dtype,
-            name="classifier",
-        )(x).astype(output_dtype(self.dtype))  # fmt: skip
-        cam = resize_bilinear(logits, (height, width_px), align_corners=True)
+            layer = ResNetStage(c(planes), count, stride, **self.layer_options(),
+                                name=f"layer{stage}")  # fmt: skip
+            x = layer(x, running)
+        classifier = self.conv(self.num_classes + 1, 1, kernel_init=xavier_uniform(1.0),
+                               name="classifier")  # fmt: skip
+        logits = classifier(x).astype(output_dtype(self.dtype))
+        cam = resize_bilinear(logits, images.shape[1:3], align_corners=True)
         return {"cam": cam, "logits": logits}

@@ -22,20 +22,17 @@ So ``cam`` and ``logits`` depend on the backbone and fc8, and ``cam_rv`` on f8_3
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from hfpl_jax.image_ops import resize_bilinear
 from hfpl_jax.models.layers import (
-    Conv2d,
     Dropout2d,
+    ModelOptions,
     check_images,
     kaiming_normal,
     output_dtype,
-    scaled_channels,
     xavier_uniform,
 )
 from hfpl_jax.models.resnet38 import BACKBONE_NOT_TRAINING_PATTERNS, resnet38_trunk
@@ -82,65 +79,47 @@ def pixel_correlation(cam, features):
     return cam_rv.reshape(n, h, w, c)
 
 
-class SEAM(nn.Module):
+class SEAM(ModelOptions):
     """SEAM + HFPL logits. ``__call__(images, train)`` -> ``{"cam", "cam_rv", "logits"}``.
 
     Attributes:
       num_classes: foreground classes K (VOC 20, COCO 80); outputs have K + 1 channels.
-      width, blocks: model size (see ``resnet38``); the heads scale with ``width`` as well.
-      batch_norm: "frozen" (the reference's CAM stage) or "batch".
-      dropout: False turns every dropout layer off, also when training.
+      width, blocks, batch_norm, dropout, bn_momentum, dtype, conv_impl: ``ModelOptions``
+        (keyword-only); the heads scale with ``width`` as well. ``batch_norm``: "frozen" (the
+        reference's CAM stage) or "batch".
     """
 
     num_classes: int
-    width: float = 1.0
-    blocks: tuple | None = None
-    batch_norm: str = "frozen"
-    bn_momentum: float = 0.9
-    dtype: Any = jnp.float32
-    dropout: bool = True
 
     @nn.compact
     def __call__(self, images, train: bool = False) -> dict:
         check_images(images)
-        _, height, width_px, _ = images.shape
-        taps = resnet38_trunk(
-            images,
-            train=train,
-            width=self.width,
-            blocks=self.blocks,
-            batch_norm=self.batch_norm,
-            bn_momentum=self.bn_momentum,
-            dtype=self.dtype,
-            dropout=self.dropout,
-        )
-        c = lambda n: scaled_channels(n, self.width)  # noqa: E731
+        out_hw = images.shape[1:3]
+        taps = resnet38_trunk(images, train=train, **self.model_options())
+        c = self.channels
         conv6 = Dropout2d(0.5, name="dropout7")(
             taps["conv6"], deterministic=not (train and self.dropout)
         )
-        logits = Conv2d(
-            self.num_classes + 1, 1, kernel_init=xavier_uniform(1.0), dtype=self.dtype, name="fc8"
-        )(conv6).astype(output_dtype(self.dtype))
-        h, w = logits.shape[1:3]
+        fc8 = self.conv(self.num_classes + 1, 1, kernel_init=xavier_uniform(1.0), name="fc8")
+        logits = fc8(conv6).astype(output_dtype(self.dtype))
 
         cam_d_norm = normalized_cam_for_pcm(logits)
-        f8_3 = nn.relu(
-            Conv2d(c(64), 1, kernel_init=kaiming_normal(), dtype=self.dtype, name="f8_3")(
-                jax.lax.stop_gradient(taps["conv4"])
-            )
+        f8_3 = self.conv(c(64), 1, kernel_init=kaiming_normal(), name="f8_3")
+        f8_4 = self.conv(c(128), 1, kernel_init=kaiming_normal(), name="f8_4")
+        x_s = resize_bilinear(images, logits.shape[1:3], align_corners=True)
+        f = jnp.concatenate(
+            [
+                x_s.astype(self.dtype),
+                nn.relu(f8_3(jax.lax.stop_gradient(taps["conv4"]))),
+                nn.relu(f8_4(jax.lax.stop_gradient(taps["conv5"]))),
+            ],
+            axis=-1,
         )
-        f8_4 = nn.relu(
-            Conv2d(c(128), 1, kernel_init=kaiming_normal(), dtype=self.dtype, name="f8_4")(
-                jax.lax.stop_gradient(taps["conv5"])
-            )
-        )
-        x_s = resize_bilinear(images, (h, w), align_corners=True)
-        f = jnp.concatenate([x_s.astype(self.dtype), f8_3, f8_4], axis=-1)
-        g = Conv2d(c(192), 1, kernel_init=xavier_uniform(4.0), dtype=self.dtype, name="f9")(f)
+        g = self.conv(c(192), 1, kernel_init=xavier_uniform(4.0), name="f9")(f)
         cam_rv = pixel_correlation(cam_d_norm, g)
 
         return {
-            "cam": resize_bilinear(logits, (height, width_px), align_corners=True),
-            "cam_rv": resize_bilinear(cam_rv, (height, width_px), align_corners=True),
+            "cam": resize_bilinear(logits, out_hw, align_corners=True),
+            "cam_rv": resize_bilinear(cam_rv, out_hw, align_corners=True),
             "logits": logits,
         }
