@@ -122,7 +122,7 @@ def test_bfloat16_compute():
 
 
 def test_conv2d_module_parameters_do_not_depend_on_the_impl():
-    """Same parameter tree and init values for every ``conv_impl``; "auto" is "dot" on CPU."""
+    """Same parameter tree and init values for every ``conv_impl``, and the same outputs."""
     x = jnp.asarray(np.random.default_rng(2).standard_normal((1, 9, 7, 3)), jnp.float32)
     results = {}
     for impl in layers.CONV_IMPLS:
@@ -132,8 +132,20 @@ def test_conv2d_module_parameters_do_not_depend_on_the_impl():
     for impl in ("xla", "dot"):
         jax.tree.map(np.testing.assert_array_equal, results[impl][0], results["auto"][0])
     assert rel_err(results["dot"][1], results["xla"][1]) <= 1e-5
-    assert jax.default_backend() == "cpu" and layers.resolve_conv_impl("auto") == "dot"
-    np.testing.assert_array_equal(results["auto"][1], results["dot"][1])
+    # "auto" on CPU: a 3x3 kernel on 3 channels (depth 27) stays XLA's convolution.
+    np.testing.assert_array_equal(results["auto"][1], results["xla"][1])
+
+
+def test_auto_rule_on_cpu():
+    """On CPU "auto" is a dot for 1x1 kernels and k x k ones with k*k*C_in >= AUTO_DOT_MIN_DEPTH."""
+    assert jax.default_backend() == "cpu" and layers.AUTO_DOT_MIN_DEPTH == 4096
+    assert layers.resolve_conv_impl("auto", (1, 1, 3, 8)) == "dot"
+    assert layers.resolve_conv_impl("auto", (3, 3, 512, 8)) == "dot"  # depth 4608
+    assert layers.resolve_conv_impl("auto", (3, 3, 455, 8)) == "xla"  # depth 4095
+    assert layers.resolve_conv_impl("auto", (7, 7, 3, 64)) == "xla"
+    assert layers.resolve_conv_impl("auto") == "dot"
+    for impl in ("xla", "dot"):
+        assert layers.resolve_conv_impl(impl, (3, 3, 3, 8)) == impl
 
 
 def test_conv_impl_validation():

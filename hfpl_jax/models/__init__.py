@@ -129,9 +129,10 @@ def build(
       dropout: False disables every dropout layer even when training (parity checks, ablations).
       conv_impl: how convolutions are computed, one of ``CONV_IMPLS`` (same parameters, same
         results to float rounding): "xla" (``lax.conv_general_dilated``), "dot" (1x1 as a matrix
-        product, kxk as im2col + one matrix product) or "auto" (the default): "dot" on the CPU
-        backend, where XLA's dot is much faster than its convolution, "xla" on GPU/TPU, where the
-        convolution (cuDNN, the TPU's) is the fast path. See ``layers.resolve_conv_impl``.
+        product, kxk as im2col + one matrix product) or "auto" (the default): on CPU, where XLA's
+        dot is much faster than its convolution, "dot" for 1x1 convolutions and the deep kxk ones
+        (``k*k*C_in >= layers.AUTO_DOT_MIN_DEPTH``), "xla" for the rest; "xla" on GPU/TPU, where
+        the convolution (cuDNN, the TPU's) is the fast path. See ``layers.resolve_conv_impl``.
     """
     check_arch(arch)
     if not isinstance(num_classes, int) or num_classes < (0 if arch == "affinity" else 1):

@@ -4,8 +4,9 @@
   ``'SAME'`` pads ``(0, 1)`` on even sizes for strided convs, which gives the same shape but
   different values). Kernel ``(kh, kw, in, out)`` (HWIO), the transpose ``(2, 3, 1, 0)`` of
   PyTorch's OIHW. Two implementations of the same function (``conv2d``, ``CONV_IMPLS``): XLA's
-  convolution, or a matrix product (1x1: one dot; kxk: im2col + one dot), which is the faster one
-  on CPU, where XLA's dot is much better tuned than its convolution.
+  convolution, or a matrix product (1x1: one dot; kxk: im2col + one dot), the faster one on CPU
+  for 1x1 and deep kxk layers, where XLA's dot is much better tuned than its convolution
+  (``resolve_conv_impl``).
 - ``BatchNorm``: ``y = (x - mean) / sqrt(var + eps) * scale + bias`` per channel, in float32
   (float64 when the compute dtype is float64).
   With batch statistics (``use_running_average=False``) ``mean`` and ``var`` are the biased moments
@@ -83,19 +84,33 @@ def check_conv_impl(conv_impl: str) -> None:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, found {conv_impl!r}")
 
 
-def resolve_conv_impl(conv_impl: str) -> str:
-    """The implementation ``conv2d`` uses for ``conv_impl``: "auto" -> "dot" on CPU, else "xla".
+# "auto" on CPU: the smallest contraction depth k*k*C_in at which a k x k convolution goes through
+# im2col + dot (BENCHMARKS.md, "CAM training step": below it the patches, k*k times the input, cost
+# more memory traffic than XLA's convolution loses; 1x1 convolutions are always a dot).
+AUTO_DOT_MIN_DEPTH = 4096
 
-    "auto" is decided when the function is traced, from ``jax.default_backend()``. On CPU, XLA's
-    convolution is 1.2-1.7x slower than PyTorch's oneDNN kernels, while its dot is fast, so the
-    im2col + dot form wins (BENCHMARKS.md, "CAM training step"). On GPU and TPU the convolution
-    (cuDNN, the TPU's native convolution) is the fast path and im2col would only add memory
-    traffic, so "auto" keeps XLA's convolution there.
+
+def resolve_conv_impl(conv_impl: str, kernel_shape: tuple[int, ...] | None = None) -> str:
+    """The implementation ``conv2d`` uses for ``conv_impl`` and an HWIO ``kernel_shape``.
+
+    "xla" and "dot" are used as given. "auto" is decided when the function is traced: on CPU
+    (``jax.default_backend() == "cpu"``) "dot" for 1x1 kernels and for k x k kernels with
+    ``k * k * C_in >= AUTO_DOT_MIN_DEPTH`` (the deep ResNet-38 layers, where XLA's CPU convolution
+    is 1.2-1.7x slower than PyTorch's oneDNN kernels while XLA's dot is fast), "xla" for the other
+    k x k kernels (large maps with few channels, where the k*k-times larger patches cost more
+    memory traffic than the convolution) and on every other backend: on GPU and TPU the
+    convolution (cuDNN, the TPU's own) is the fast path and im2col would only add memory traffic.
+    Without ``kernel_shape``, "auto" on CPU resolves to "dot".
     """
     check_conv_impl(conv_impl)
-    if conv_impl == "auto":
-        return "dot" if jax.default_backend() == "cpu" else "xla"
-    return conv_impl
+    if conv_impl != "auto":
+        return conv_impl
+    if jax.default_backend() != "cpu":
+        return "xla"
+    if kernel_shape is None:
+        return "dot"
+    k, _, in_features, _ = kernel_shape
+    return "dot" if k == 1 or k * k * in_features >= AUTO_DOT_MIN_DEPTH else "xla"
 
 
 def conv_output_size(size: int, kernel_size: int, stride: int, padding: int, dilation: int) -> int:
@@ -190,14 +205,14 @@ def conv2d(
     the common dtype of ``x`` and ``kernel``, at the default matmul precision (so
     ``jax_default_matmul_precision='highest'`` gives float32-accurate results either way).
     "xla": ``lax.conv_general_dilated``; "dot": ``im2col(x) @ kernel.reshape(k*k*C, O)`` (for 1x1,
-    just the strided input); "auto": ``resolve_conv_impl``.
+    just the strided input); "auto": ``resolve_conv_impl(impl, kernel.shape)``.
     """
-    impl = resolve_conv_impl(impl)
     if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1] or kernel.shape[2] != x.shape[-1]:
         raise ValueError(
             f"conv2d: kernel must be (k, k, {x.shape[-1]}, out) for input {x.shape}, "
             f"found {kernel.shape}"
         )
+    impl = resolve_conv_impl(impl, kernel.shape)
     if impl == "xla":
         return jax.lax.conv_general_dilated(
             x,
