@@ -48,28 +48,27 @@ def scaled_size(n: int, scale: float) -> int:
     return int(math.floor(float(n) * float(scale)))
 
 
-def source_indices_and_weights(
+def interpolation_matrix(
     n_in: int,
     n_out: int,
     *,
     align_corners: bool,
     scale_factor: float | None = None,
     dtype=np.float32,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Gather indices and weights of 1-D linear interpolation, PyTorch semantics.
+) -> np.ndarray:
+    """``(n_out, n_in)`` matrix ``M`` (``dtype``) with ``out = M @ x``: 1-D linear interpolation.
 
-    Returns ``(i0, i1, w0, w1)``, each of shape ``(n_out,)``: ``out[i] = w0[i] * x[i0[i]] +
-    w1[i] * x[i1[i]]``. Indices are int32; weights are computed in ``dtype``: float32 like
-    PyTorch's kernels for float32 (and half) tensors, float64 for float64 tensors (see the module
-    docstring for the coordinate map).
+    Row ``i`` holds ``w0[i]`` at column ``i0[i]`` and ``w1[i]`` at ``i1[i]`` (summed when equal),
+    with the source coordinate, indices and weights of the module docstring, computed in ``dtype``:
+    float32 like PyTorch's kernels for float32 (and half) tensors, float64 for float64 tensors.
+    When ``n_in == n_out`` it is the identity (PyTorch copies the input whenever the sizes agree,
+    even for a scale factor != 1).
     """
     if n_in < 1 or n_out < 1:
         raise ValueError(f"resize: sizes must be >= 1, found input {n_in} and output {n_out}")
-    f32 = np.dtype(dtype).type
     if n_in == n_out:
-        # PyTorch copies the input whenever the sizes agree, even for a scale factor != 1.
-        index = np.arange(n_out, dtype=np.int32)
-        return index, index, np.ones(n_out, f32), np.zeros(n_out, f32)
+        return np.eye(n_out, dtype=dtype)
+    f32 = np.dtype(dtype).type
     dst = np.arange(n_out, dtype=f32)
     if align_corners:
         scale = f32(n_in - 1) / f32(n_out - 1) if n_out > 1 else f32(0.0)
@@ -81,29 +80,10 @@ def source_indices_and_weights(
             scale = f32(n_in) / f32(n_out)
         src = (scale * (dst + f32(0.5)) - f32(0.5)).astype(f32)
         src = np.maximum(src, f32(0.0))
-    i0 = src.astype(np.int64)  # truncation == floor because src >= 0
-    i0 = np.minimum(i0, n_in - 1)
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)  # truncation == floor because src >= 0
     i1 = np.minimum(i0 + 1, n_in - 1)
     w1 = np.clip(src - i0.astype(f32), f32(0.0), f32(1.0)).astype(f32)
     w0 = (f32(1.0) - w1).astype(f32)
-    return i0.astype(np.int32), i1.astype(np.int32), w0, w1
-
-
-def interpolation_matrix(
-    n_in: int,
-    n_out: int,
-    *,
-    align_corners: bool,
-    scale_factor: float | None = None,
-    dtype=np.float32,
-) -> np.ndarray:
-    """``(n_out, n_in)`` matrix ``M`` (``dtype``) with ``out = M @ x`` along one axis.
-
-    Row ``i`` holds ``w0[i]`` at column ``i0[i]`` and ``w1[i]`` at ``i1[i]`` (summed when equal).
-    """
-    i0, i1, w0, w1 = source_indices_and_weights(
-        n_in, n_out, align_corners=align_corners, scale_factor=scale_factor, dtype=dtype
-    )
     matrix = np.zeros((n_out, n_in), dtype)
     rows = np.arange(n_out)
     np.add.at(matrix, (rows, i0), w0)

@@ -12,10 +12,10 @@ Loss per arch:
 
 - ``seam``: the full CAM training loss of the reference (``train_cam_voc.py``): the statements of
   its training loop, from the top of the loop body to ``loss = ...``, are read from the checkout
-  with ``ast`` and executed with the reference network (nothing of the reference is copied into
-  hfpl-jax); the JAX side is ``hfpl_jax.train.cam.cam_loss_fn``. Both sides run with dropout off
-  (so the two branches are deterministic) and the importance-sampling draws replaced by the same
-  fixed indices.
+  with ``ast`` and executed with the reference network (``hfpl_jax.reference.CamLossCode``;
+  nothing of the reference is copied into hfpl-jax); the JAX side is
+  ``hfpl_jax.train.cam.cam_loss_fn``. Both sides run with dropout off (so the two branches are
+  deterministic) and the importance-sampling draws replaced by the same fixed indices.
 - ``affinity``: ``sum(cos(0.37 i) * affinity)`` (a fixed linear test loss).
 - ``deeplab_largefov``: pixel-wise cross entropy against fixed random targets, with the final
   stage's training-mode BatchNorm (batch statistics) and dropout off.
@@ -33,57 +33,22 @@ float32 error against float64 is within ``max(--grad-tol, PyTorch float32's own 
 from __future__ import annotations
 
 import argparse
-import ast
 import copy
 import json
 import os
 import sys
 import types
-import warnings
 from collections.abc import Callable
 
 import numpy as np
+
+from hfpl_jax.reference import CamLossCode, import_reference
 
 ARCHS = ("seam", "affinity", "deeplab_largefov")
 
 
 # ------------------------------------------------------------------------------------------------
-# The reference checkout
-
-
-def import_reference(reference: str) -> None:
-    """Put the checkout (and its ``lib/``) on ``sys.path``, with shims for current libraries.
-
-    Shims (none edits the reference): ``np.bool`` -> ``bool``; ``torch.Tensor.cuda`` returns the
-    tensor (CPU run); ``pydensecrf`` (imported by ``tool/visualization.py``, unused here) is a stub.
-    """
-    reference = os.path.abspath(reference)
-    for marker in ("network/resnet38_SEAM.py", "tool/probutils.py"):
-        if not os.path.isfile(os.path.join(reference, marker)):
-            raise FileNotFoundError(
-                f"--reference {reference!r} is not a checkout of the official HFPL code "
-                f"(missing {marker})"
-            )
-    for path in (reference, os.path.join(reference, "lib")):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    if not hasattr(np, "bool"):
-        np.bool = bool  # noqa: NPY001 - the reference still uses np.bool
-    import torch
-
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    # The reference has `version is 'torch'` comparisons that current Python warns about.
-    warnings.filterwarnings("ignore", category=SyntaxWarning)
-    if "pydensecrf" not in sys.modules:
-        try:
-            import pydensecrf  # noqa: F401
-        except ImportError:
-            stub = types.ModuleType("pydensecrf")
-            stub.densecrf = types.ModuleType("pydensecrf.densecrf")
-            stub.utils = types.ModuleType("pydensecrf.utils")
-            stub.utils.unary_from_softmax = None
-            sys.modules.update({"pydensecrf": stub, "pydensecrf.densecrf": stub.densecrf,
-                                "pydensecrf.utils": stub.utils})  # fmt: skip
+# The reference checkout (imported with ``hfpl_jax.reference.import_reference``)
 
 
 def build_reference(arch: str, num_classes: int):
@@ -130,72 +95,15 @@ def _set_training_flags(net, training: bool) -> None:
         module.training = training
 
 
-def _loop_statements(source: str, path: str) -> ast.Module:
-    """The training-loop statements of ``train_cam_voc.py`` up to ``loss = ...``."""
-    for node in ast.walk(ast.parse(source)):
-        if (
-            isinstance(node, ast.For)
-            and isinstance(node.target, ast.Tuple)
-            and [getattr(e, "id", None) for e in node.target.elts] == ["iter", "pack"]
-        ):
-            body = []
-            for statement in node.body:
-                body.append(statement)
-                if (
-                    isinstance(statement, ast.Assign)
-                    and isinstance(statement.targets[0], ast.Name)
-                    and statement.targets[0].id == "loss"
-                ):
-                    return ast.Module(body=body, type_ignores=[])
-    raise ValueError(
-        f"{path}: the training loop ('for iter, pack in ...: ... loss = ...') is missing"
-    )
-
-
-def _module_functions(source: str, names: tuple[str, ...], path: str) -> ast.Module:
-    defs = [n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name in names]
-    if len(defs) != len(names):
-        raise ValueError(f"{path}: expected the functions {names}")
-    return ast.Module(body=defs, type_ignores=[])
-
-
 def reference_cam_loss(reference: str, net, images, labels, isl_indices, *, num_samples: int):
     """Run the reference's CAM-training loss on ``net``: returns the loop's namespace.
 
     ``images`` NCHW tensor, ``labels`` ``(N, K)`` tensor, ``isl_indices`` ``(N*K, S)`` int64 used in
     place of ``torch.multinomial``.
     """
-    import torch
-    import torch.nn.functional as F
-    from tool import probutils, visualization
-
-    path = os.path.join(os.path.abspath(reference), "train_cam_voc.py")
-    with open(path) as f:
-        source = f.read()
-    functions = compile(
-        _module_functions(source, ("adaptive_min_pooling_loss", "max_onehot"), path), path, "exec"
-    )
-    body = compile(_loop_statements(source, path), path, "exec")
-    namespace = {
-        "torch": torch,
-        "F": F,
-        "np": np,
-        "probutils": probutils,
-        "visualization": visualization,
-        "model": net,
-        "pack": (["image"] * images.shape[0], images, labels),
-        "args": argparse.Namespace(
-            loss_weight=0.2, num_samples=num_samples, fsl=True, fsl_mu=2.5, fsl_sigma=5.0
-        ),
-    }
-    original = torch.multinomial
-    torch.multinomial = lambda probs, num_samples, replacement=False: torch.from_numpy(isl_indices)
-    try:
-        exec(functions, namespace)  # noqa: S102 - the reference's own code, by design
-        exec(body, namespace)  # noqa: S102
-    finally:
-        torch.multinomial = original
-    return namespace
+    code = CamLossCode(reference)
+    namespace = code.namespace(net, images, labels, num_samples=num_samples)
+    return code.run(namespace, isl_indices)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -317,6 +225,26 @@ def add_conditioning_rows(table: Table, torch32: dict, jax32: dict, torch64: dic
                       float("inf"), row["detail"])  # fmt: skip
 
 
+def add_gradient_comparison(
+    table: Table, args, arch: str, grads, torch_grads: dict, net, torch_side: Callable
+) -> None:
+    """Gradient rows of JAX's ``grads`` (a Flax tree) against ``torch_grads``; with
+    ``--conditioning`` first ``torch_side(net in float64, np.float64)`` for the reference's
+    float64 gradients, which the rows use (``add_gradient_rows``) and report
+    (``add_conditioning_rows``)."""
+    import jax
+
+    from hfpl_jax import weights
+
+    jax_grads = weights.to_torch({"params": jax.tree.map(np.asarray, grads)})
+    grads64 = None
+    if args.conditioning:
+        _, grads64 = torch_side(copy.deepcopy(net).double(), np.float64)
+    add_gradient_rows(table, torch_grads, jax_grads, arch, args.grad_tol, grads64)
+    if grads64 is not None:
+        add_conditioning_rows(table, torch_grads, jax_grads, grads64, arch)
+
+
 def _flax_variables(state: dict, arch: str, args) -> dict:
     """``weights.from_torch`` as jax arrays; floating leaves in float64 with ``--float64`` (so the
     gradients, which JAX returns in the parameters' dtype, are not rounded to float32)."""
@@ -365,7 +293,7 @@ def compare_seam(args, net, state, table: Table) -> None:
     import jax.numpy as jnp
     import torch
 
-    from hfpl_jax import models, weights
+    from hfpl_jax import models
     from hfpl_jax.image_ops import scaled_size
     from hfpl_jax.losses import importance_sampling_loss_from_indices
     from hfpl_jax.train.cam import LossSettings, cam_loss_fn
@@ -426,13 +354,7 @@ def compare_seam(args, net, state, table: Table) -> None:
         want = float(namespace[torch_name].item())
         table.add(f"loss/{jax_name}", *errors(terms[jax_name], want), args.forward_tol,
                   f"{want:.6g} (branch 2 at {small[0]}x{small[1]})")  # fmt: skip
-    jax_grads = weights.to_torch({"params": jax.tree.map(np.asarray, grads)})
-    grads64 = None
-    if args.conditioning:
-        _, grads64 = torch_side(copy.deepcopy(net).double(), np.float64)
-    add_gradient_rows(table, torch_grads, jax_grads, "seam", args.grad_tol, grads64)
-    if args.conditioning:
-        add_conditioning_rows(table, torch_grads, jax_grads, grads64, "seam")
+    add_gradient_comparison(table, args, "seam", grads, torch_grads, net, torch_side)
 
 
 def _linear_test_weights(shape, dtype=np.float32) -> np.ndarray:
@@ -445,7 +367,7 @@ def compare_affinity(args, net, state, table: Table) -> None:
     import jax.numpy as jnp
     import torch
 
-    from hfpl_jax import models, weights
+    from hfpl_jax import models
 
     rng = np.random.default_rng(args.seed + 1)
     images = rng.standard_normal((args.batch, *args.size, 3)).astype(args.np_dtype)
@@ -471,13 +393,7 @@ def compare_affinity(args, net, state, table: Table) -> None:
     grads, out = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
     table.add("forward/affinity", *errors(out["affinity"], aff.detach().numpy()),
               args.forward_tol, str(tuple(aff.shape)))  # fmt: skip
-    jax_grads = weights.to_torch({"params": jax.tree.map(np.asarray, grads)})
-    grads64 = None
-    if args.conditioning:
-        _, grads64 = torch_side(copy.deepcopy(net).double(), np.float64)
-    add_gradient_rows(table, torch_grads, jax_grads, "affinity", args.grad_tol, grads64)
-    if args.conditioning:
-        add_conditioning_rows(table, torch_grads, jax_grads, grads64, "affinity")
+    add_gradient_comparison(table, args, "affinity", grads, torch_grads, net, torch_side)
 
 
 def compare_deeplab(args, net, state, table: Table) -> None:
@@ -486,7 +402,7 @@ def compare_deeplab(args, net, state, table: Table) -> None:
     import torch
     import torch.nn.functional as F
 
-    from hfpl_jax import models, weights
+    from hfpl_jax import models
 
     rng = np.random.default_rng(args.seed + 1)
     n, (h, w), k = max(args.batch, 2), args.size, args.num_classes
@@ -526,14 +442,8 @@ def compare_deeplab(args, net, state, table: Table) -> None:
     grads, out = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
     table.add("forward/logits (batch stats)", *errors(out["logits"], _nhwc(logits)),
               args.forward_tol, str(tuple(out["logits"].shape)))  # fmt: skip
-    jax_grads = weights.to_torch({"params": jax.tree.map(np.asarray, grads)})
-    grads64 = None
-    if args.conditioning:
-        net.load_state_dict(reference_state)
-        _, grads64 = torch_side(copy.deepcopy(net).double(), np.float64)
-    add_gradient_rows(table, torch_grads, jax_grads, "deeplab_largefov", args.grad_tol, grads64)
-    if args.conditioning:
-        add_conditioning_rows(table, torch_grads, jax_grads, grads64, "deeplab_largefov")
+    net.load_state_dict(reference_state)  # the float64 run starts from the same statistics
+    add_gradient_comparison(table, args, "deeplab_largefov", grads, torch_grads, net, torch_side)
 
 
 _RUNS: dict[str, Callable] = {

@@ -21,17 +21,14 @@ and cam1 12x12, branch 2 at floor(12*0.3)=3 -> 3x3, logits1 4x4, 10 ISL samples.
 torch): the inputs, the labels, the ISL indices, every loss term for loss_weight in {0, 0.2, 1},
 and the gradients of the total loss (loss_weight 0.2) with respect to the five network outputs.
 
-Shims for current libraries (not edits of the reference): ``torch.Tensor.cuda`` returns the tensor
-(CPU run), and ``pydensecrf`` (imported by ``tool/visualization.py``, unused here) is stubbed.
+The reference is imported and its loop read by ``hfpl_jax.reference`` (``import_reference``, with
+its shims for current libraries, and ``CamLossCode``).
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import os
-import sys
-import types
 
 import numpy as np
 
@@ -41,35 +38,6 @@ HL = WL = 4
 NUM_SAMPLES = 10
 
 
-def _loop_body(source: str) -> ast.Module:
-    """The statements of the inner training loop up to and including ``loss = ...``."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.For)
-            and isinstance(node.target, ast.Tuple)
-            and [getattr(e, "id", None) for e in node.target.elts] == ["iter", "pack"]
-        ):
-            body = []
-            for statement in node.body:
-                body.append(statement)
-                if (
-                    isinstance(statement, ast.Assign)
-                    and isinstance(statement.targets[0], ast.Name)
-                    and statement.targets[0].id == "loss"
-                ):
-                    return ast.Module(body=body, type_ignores=[])
-    raise RuntimeError("training loop not found in the reference file")
-
-
-def _module_functions(source: str, names: tuple[str, ...]) -> ast.Module:
-    tree = ast.parse(source)
-    defs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
-    if len(defs) != len(names):
-        raise RuntimeError(f"expected functions {names} in the reference file")
-    return ast.Module(body=defs, type_ignores=[])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reference", required=True, help="path to an arvijj/hfpl checkout")
@@ -77,28 +45,11 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    import torch.nn.functional as F  # noqa: N812
 
-    reference = os.path.abspath(args.reference)
-    sys.path.insert(0, reference)
-    stub = types.ModuleType("pydensecrf")
-    stub.densecrf = types.ModuleType("pydensecrf.densecrf")
-    stub.utils = types.ModuleType("pydensecrf.utils")
-    stub.utils.unary_from_softmax = None
-    sys.modules.update(
-        {"pydensecrf": stub, "pydensecrf.densecrf": stub.densecrf, "pydensecrf.utils": stub.utils}
-    )
-    torch.Tensor.cuda = lambda self, *a, **k: self
-    from tool import probutils, visualization  # noqa: PLC0415 - the reference's package
+    from hfpl_jax.reference import CamLossCode, import_reference
 
-    with open(os.path.join(reference, "train_cam_voc.py")) as f:
-        source = f.read()
-    body = compile(_loop_body(source), "train_cam_voc.py:loop", "exec")
-    functions = compile(
-        _module_functions(source, ("adaptive_min_pooling_loss", "max_onehot")),
-        "train_cam_voc.py:functions",
-        "exec",
-    )
+    import_reference(args.reference)
+    code = CamLossCode(args.reference)
 
     rng = np.random.default_rng(20240)
     inputs = {
@@ -127,25 +78,15 @@ def main() -> None:
                     return tensors["cam1"], tensors["cam_rv1"], tensors["logits1"]
                 return tensors["cam2"], tensors["cam_rv2"], torch.zeros(N, C, 1, 1)
 
-        original_multinomial = torch.multinomial
-        torch.multinomial = lambda probs, num_samples, replacement: torch.from_numpy(isl_indices)
-        namespace = {
-            "torch": torch,
-            "F": F,
-            "np": np,
-            "probutils": probutils,
-            "visualization": visualization,
-            "model": Model(),
-            "pack": (["a", "b"], tensors["img1"], torch.from_numpy(labels)),
-            "args": argparse.Namespace(
-                loss_weight=loss_weight, num_samples=NUM_SAMPLES, fsl=fsl, fsl_mu=2.5, fsl_sigma=5.0
-            ),
-        }
-        try:
-            exec(functions, namespace)  # noqa: S102 - the reference's own code, by design
-            exec(body, namespace)  # noqa: S102
-        finally:
-            torch.multinomial = original_multinomial
+        namespace = code.namespace(
+            Model(),
+            tensors["img1"],
+            torch.from_numpy(labels),
+            loss_weight=loss_weight,
+            num_samples=NUM_SAMPLES,
+            fsl=fsl,
+        )
+        code.run(namespace, isl_indices)
         assert calls == [(N, 3, H, W), (N, 3, H2, W2)], calls
         return namespace, tensors
 

@@ -33,6 +33,8 @@ import sys
 
 import numpy as np
 
+from hfpl_jax.reference import import_reference
+
 RESIZE_CASES = [
     # (name, in_hw, out_hw or None, scale_factor or None, align_corners)
     ("up_ac", (8, 8), (64, 64), None, True),
@@ -121,19 +123,6 @@ def _test_loss(outputs_nchw: dict):
     return total
 
 
-def _import_reference(reference: str):
-    """Put the checkout and its lib/ on sys.path; shim what current libraries removed."""
-    for path in (reference, os.path.join(reference, "lib")):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    if not hasattr(np, "bool"):
-        np.bool = bool  # noqa: NPY001 - the reference still uses np.bool
-    import torch
-
-    # resnet38_aff moves its pair indices to CUDA; this CPU run keeps them on the CPU.
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
-
-
 def _load(net, state: dict) -> None:
     import torch
 
@@ -180,7 +169,7 @@ def _parameter_groups(net, frozen_after_train: bool) -> dict:
 
 def make_seam(out_dir: str, reference: str) -> None:
     """Full-size SEAM (network/resnet38_SEAM.Net), eval mode."""
-    _import_reference(reference)
+    import_reference(reference)
     import network.resnet38_SEAM as seam_module
 
     from hfpl_jax.weights import seeded_state_dict
@@ -215,7 +204,7 @@ def make_seam(out_dir: str, reference: str) -> None:
 
 def make_affinity(out_dir: str, reference: str) -> None:
     """Full-size AffinityNet (network/resnet38_aff.Net), eval mode: features, pair and dense aff."""
-    _import_reference(reference)
+    import_reference(reference)
     import network.resnet38_aff as aff_module
     import torch
     import torch.nn.functional as F
@@ -257,7 +246,7 @@ def make_affinity(out_dir: str, reference: str) -> None:
 def make_deeplab(out_dir: str, reference: str) -> None:
     """Full-size DeepLab-LargeFOV (lib/net/deeplabv1.py): eval forward, and one training-mode
     forward (batch statistics, dropout set to 0) with the updated running statistics."""
-    _import_reference(reference)
+    import_reference(reference)
     import torch
     from net.deeplabv1 import deeplabv1
 
