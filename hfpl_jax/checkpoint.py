@@ -4,7 +4,7 @@ Layout: ``WORKDIR/checkpoints/<step>/`` with one orbax item per part:
 
 ==================  ==============================================================================
 ``params``          the trained parameters (nested dict, float32)
-``batch_stats``     BatchNorm statistics (constant in CAM training, needed for inference)
+``batch_stats``     BatchNorm running statistics (constant when BN is frozen; what inference uses)
 ``opt_state``       optimizer state (step count, momentum buffers)
 ``train_meta``      ``{"step": int32, "rng": uint32[...]}``, the step and the base key's data
 ``data_iterator``   one JSON file per process with its input pipeline's ``get_state()``

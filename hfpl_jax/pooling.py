@@ -17,8 +17,11 @@ Contents:
 
 from __future__ import annotations
 
+import operator
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "POSTERIORS",
@@ -156,6 +159,19 @@ def with_background(x):
 # --------------------------------------------------------------------------------------------
 
 
+def _positive_int(name: str, value) -> int:
+    """``value`` as a Python int (NumPy integers accepted); ``ValueError`` unless it is >= 1."""
+    if isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}") from None
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return value
+
+
 def _check_posterior(posterior: str) -> None:
     if posterior not in POSTERIORS:
         raise ValueError(f"posterior: expected one of {POSTERIORS}, got {posterior!r}")
@@ -223,8 +239,7 @@ def importance_sample_indices(key, logits, num_samples: int = 10, *, posterior: 
     ``torch.multinomial(probs.view(N*C, H*W), S, replacement=True)`` of the reference in
     distribution (the torch random stream itself cannot be reproduced). Indices carry no gradient.
     """
-    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-        raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
+    num_samples = _positive_int("num_samples", num_samples)
     log_q = importance_log_weights(logits, posterior=posterior)
     n, _, c = log_q.shape
     log_q = jax.lax.stop_gradient(log_q)

@@ -29,12 +29,13 @@ import numpy as np
 CAM_LOSS_FUNCTIONS = ("adaptive_min_pooling_loss", "max_onehot")
 
 
-def import_reference(reference: str) -> str:
+def import_reference(reference: str, *, cpu_only: bool = True) -> str:
     """Put the checkout (and its ``lib/``) on ``sys.path``, with shims; returns its absolute path.
 
-    Shims (none edits the reference): ``np.bool`` -> ``bool``; ``torch.Tensor.cuda`` returns the
-    tensor (CPU runs); ``pydensecrf`` (imported by ``tool/visualization.py``, unused here) is a stub
-    when it is not installed.
+    Shims (none edits the reference): ``np.bool`` -> ``bool``; with ``cpu_only`` (the default),
+    ``torch.Tensor.cuda`` returns the tensor, so that the reference's ``.cuda()`` calls run on the
+    CPU (pass False to run it on a GPU); ``pydensecrf`` (imported by ``tool/visualization.py``,
+    unused here) is a stub when it is not installed.
 
     Raises:
       FileNotFoundError: ``reference`` is not a checkout of the official code.
@@ -53,7 +54,8 @@ def import_reference(reference: str) -> str:
         np.bool = bool  # noqa: NPY001 - the reference still uses np.bool
     import torch
 
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    if cpu_only:
+        torch.Tensor.cuda = lambda self, *args, **kwargs: self
     # The reference has `version is 'torch'` comparisons that current Python warns about.
     warnings.filterwarnings("ignore", category=SyntaxWarning)
     if "pydensecrf" not in sys.modules:

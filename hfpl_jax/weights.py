@@ -436,7 +436,15 @@ def infer_model_size(arrays: Mapping[str, np.ndarray], arch: str) -> dict:
     stem = {"resnet50_cam": "conv1.weight"}.get(arch, prefix + "conv1a.weight")
     if stem not in arrays:
         raise ValueError(f"state dict for arch {arch!r}: missing {stem!r}")
-    width = arrays[stem].shape[0] / 64.0
+    # The widest layer fixes the width best: from the 64-channel stem, width 0.1 (6 channels)
+    # would read as 0.09375 and give b2 12 channels where the model has round(12.8) = 13.
+    widest, full = {"resnet50_cam": ("layer4.0.conv3.weight", 2048)}.get(
+        arch, (prefix + "bn7.weight", 4096)
+    )
+    if widest in arrays:
+        width = arrays[widest].shape[0] / full
+    else:
+        width = arrays[stem].shape[0] / 64.0
     head = {"seam": "fc8.weight", "deeplab_largefov": "cls_conv.weight",
             "resnet50_cam": "classifier.weight"}.get(arch)  # fmt: skip
     num_classes = arrays[head].shape[0] - 1 if head in arrays else 20

@@ -111,7 +111,9 @@ def worker(impl: str, case: str, method: str, repeats: int, reference: str | Non
     import warnings
 
     warnings.filterwarnings("ignore")
-    _reset_peak()
+    if not _reset_peak():
+        # Without the reset, VmHWM would include the imports' peak and misstate the growth.
+        raise SystemExit("benchmark_losses: cannot reset the peak RSS (/proc/self/clear_refs)")
     base_kb = _status_kb("VmRSS")
     t0 = time.perf_counter()
     loss, _ = run()

@@ -3,6 +3,9 @@
     .venv/bin/python scripts/benchmark_train_step.py --batch 2 --crop 112 \
         [--conv-impl xla dot] [--reference /path/to/arvijj/hfpl] [--convs] [--memory 8x448] \
         [--json out.json]
+    # On a GPU machine, both sides on the GPU at the reference's training size:
+    .venv/bin/python scripts/benchmark_train_step.py --batch 8 --crop 448 --conv-impl auto \
+        --reference /path/to/arvijj/hfpl --torch-device cuda
 
 JAX: ``hfpl_jax.train.cam.make_train_step`` on the ``configs/cam_voc_seam_hfpl.py`` settings (both
 SEAM branches, GAP, ISL, min-pooling, ER, ECR, FSL; poly SGD with the reference's groups and frozen
@@ -115,15 +118,25 @@ def train_step_memory(batch: int, crop: int, num_classes: int, conv_impl: str) -
 # PyTorch reference
 
 
-def make_torch_step(reference: str, batch: int, crop: int, seed: int):
+def make_torch_step(reference: str, batch: int, crop: int, seed: int, device: str = "cpu"):
+    """The reference's training step. On ``device="cuda"`` the model is wrapped and moved exactly
+    as ``train_cam_voc.py`` does (``DataParallel(model).cuda()``; the batch stays on the host and
+    DataParallel copies it over; labels ``.cuda()``), with the reference's ``setup_seed`` setting
+    ``cudnn.deterministic = True`` and torch 1.9's TF32 default for convolutions and matmuls."""
     import torch
 
     from hfpl_jax.reference import CamLossCode, import_reference
 
-    import_reference(reference)
+    import_reference(reference, cpu_only=device == "cpu")
     import network.resnet38_SEAM  # the reference's modules, found via --reference
     from tool import torchutils
 
+    if device != "cpu":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--torch-device {device!r}: torch sees no CUDA device")
+        torch.backends.cudnn.deterministic = True  # train_cam_voc.setup_seed
+        torch.backends.cuda.matmul.allow_tf32 = True  # the pinned torch 1.9's defaults
+        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(seed)
     code = CamLossCode(reference)
     model = network.resnet38_SEAM.Net()
@@ -140,6 +153,8 @@ def make_torch_step(reference: str, batch: int, crop: int, seed: int):
         weight_decay=wt_dec,
         max_step=10576,
     )
+    if device != "cpu":
+        model = torch.nn.DataParallel(model).cuda()
     model.train()
     rng = np.random.default_rng(seed)
     images = torch.from_numpy(rng.standard_normal((batch, 3, crop, crop)).astype(np.float32))
@@ -253,6 +268,12 @@ def main() -> None:
         help="JAX convolution implementations to time (one row each)",
     )
     parser.add_argument("--reference", default=None, help="path to an arvijj/hfpl checkout")
+    parser.add_argument(
+        "--torch-device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="where the reference runs (cuda: as train_cam_voc.py, DataParallel on the GPU)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round and side")
     parser.add_argument("--warmup", type=int, default=2)
@@ -301,7 +322,12 @@ def main() -> None:
 
         result["machine"]["torch"] = torch.__version__
         result["machine"]["torch_threads"] = torch.get_num_threads()
-        torch_step = make_torch_step(args.reference, args.batch, args.crop, args.seed)
+        result["machine"]["torch_device"] = args.torch_device
+        if args.torch_device == "cuda":
+            result["machine"]["torch_gpu"] = torch.cuda.get_device_name()
+        torch_step = make_torch_step(
+            args.reference, args.batch, args.crop, args.seed, args.torch_device
+        )
         for _ in range(args.warmup):
             torch_step()
 

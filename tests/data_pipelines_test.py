@@ -200,6 +200,24 @@ def test_seg_decoder_matches_pil_on_stored_images(data_dir):
     )
 
 
+def test_seg_decoder_ignores_exif_orientation_like_pil():
+    import io
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (10, 20, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+    stored = buffer.getvalue()
+    assert Image.open(io.BytesIO(stored)).getexif()[0x0112] == 6
+    pil = np.asarray(sources.decode_image(stored))
+    got = input_pipeline.decode_image_cv2(stored)
+    assert got.shape == pil.shape == (10, 20, 3)  # the stored layout, as the mask's
+    # The same JPEG decoded by two libjpeg builds: equal up to rounding of the IDCT.
+    assert np.abs(got.astype(int) - pil.astype(int)).max() <= 2
+
+
 def test_cam_steps_per_epoch(data_dir):
     config = _base(data_dir, global_batch_size=5)
     assert input_pipeline.cam_train_steps_per_epoch(config) == 2

@@ -442,6 +442,56 @@ def test_min_pool_matches_numpy(rng):
     np.testing.assert_allclose(vm, [np_min_pool(x[i : i + 1])[0] for i in range(3)], rtol=1e-6)
 
 
+# Every per-image loss under the transformations users apply: jit, vmap over an extra leading
+# axis, and bfloat16 inputs. Each case: (inputs from rng, float64 NumPy reference on those inputs).
+TRANSFORM_CASES = {
+    "mlsm": (
+        lambda r: (r.normal(size=(3, 2, 7)).astype(np.float32),
+                   (r.uniform(size=(3, 2, 7)) < 0.4).astype(np.float32)),
+        losses.multilabel_soft_margin_loss,
+        np_mlsm,
+    ),
+    "er": (
+        lambda r: (r.uniform(size=(3, 1, 5, 7, 4)).astype(np.float32),
+                   r.uniform(size=(3, 1, 5, 7, 4)).astype(np.float32)),
+        losses.equivariant_regularization_loss,
+        lambda a, b: float(np.abs(a[..., 1:].astype(np.float64) - b[..., 1:]).mean()),
+    ),
+    "ecr": (
+        lambda r: (r.uniform(size=(3, 1, 6, 5, 4)).astype(np.float32),
+                   r.uniform(size=(3, 1, 6, 5, 4)).astype(np.float32)),
+        losses.equivariant_cross_regularization_loss,
+        lambda a, b: np_ecr(a, b)[0],
+    ),
+    "min_pool": (
+        lambda r: (r.normal(size=(3, 1, 7, 5, 4)).astype(np.float32),),
+        losses.adaptive_min_pooling_loss,
+        lambda x: np_min_pool(x)[0],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(TRANSFORM_CASES))
+def test_losses_under_jit_vmap_and_bf16(rng, name):
+    make_inputs, fn, np_fn = TRANSFORM_CASES[name]
+    stacked = make_inputs(rng)  # a leading vmap axis of 3 over valid inputs
+    want = [np_fn(*(a[i] for a in stacked)) for i in range(3)]
+    eager = [float(fn(*(a[i] for a in stacked))) for i in range(3)]
+    np.testing.assert_allclose(eager, want, rtol=1e-6)
+    jitted = jax.jit(fn)
+    np.testing.assert_allclose([jitted(*(a[i] for a in stacked)) for i in range(3)], eager,
+                               rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(jax.vmap(fn)(*stacked), eager, rtol=1e-6)
+    # bfloat16 inputs: arithmetic in float32 and a float32 result, so the only error is the input
+    # rounding (checked exactly against the reference on the rounded inputs) ...
+    rounded = [np.asarray(jnp.asarray(a[0], jnp.bfloat16).astype(jnp.float32)) for a in stacked]
+    got = fn(*(jnp.asarray(a, jnp.bfloat16) for a in rounded))
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, np_fn(*rounded), rtol=1e-6)
+    # ... which moves the loss by at most about 2^-8 relative.
+    np.testing.assert_allclose(got, want[0], rtol=2**-7)
+
+
 def test_seam_losses_golden_match_reference(golden):
     label = golden["seam/label"][:, None, None, :]
     cams = {k: nhwc(golden[f"seam/{k}"]) for k in ("cam1", "cam2", "cam_rv1", "cam_rv2")}

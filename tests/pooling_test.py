@@ -167,6 +167,53 @@ def test_max_onehot_and_with_background(rng):
     np.testing.assert_array_equal(grad[..., 1:], -(fg == fg.max(-1, keepdims=True)).astype(float))
 
 
+@pytest.mark.parametrize(
+    "fn, np_fn",
+    [
+        (pooling.global_average_pool, np_gap),
+        (pooling.max_onehot, np_max_onehot),
+        (pooling.with_background, np_with_background),
+    ],
+    ids=["global_average_pool", "max_onehot", "with_background"],
+)
+def test_pooling_under_jit_vmap_and_bf16(rng, fn, np_fn):
+    x = rng.uniform(size=(3, 2, 7, 5, 4)).astype(np.float32)  # a leading vmap axis of 3
+    eager = fn(x[0])
+    np.testing.assert_allclose(eager, np_fn(x[0]), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(jax.jit(fn)(x[0]), eager, rtol=1e-6, atol=1e-7)
+    batched = jax.vmap(fn)(x)
+    for b in range(3):
+        np.testing.assert_allclose(batched[b], np_fn(x[b]), rtol=1e-6, atol=1e-7)
+    # bfloat16 keeps its dtype; values in [0, 1] computed from the rounded inputs and rounded once
+    # more: absolute error <= 2^-9 against the reference on the rounded inputs.
+    xb = jnp.asarray(x[0], jnp.bfloat16)
+    out = fn(xb)
+    assert out.dtype == jnp.bfloat16
+    ref = np_fn(np.asarray(xb.astype(jnp.float32)))
+    np.testing.assert_allclose(np.asarray(out, np.float64), ref, atol=2**-9)
+
+
+def test_global_average_pool_gradient_is_uniform(rng):
+    x = rng.normal(size=(2, 5, 3, 4)).astype(np.float32)
+    weights = rng.normal(size=(2, 4))
+    grad = jax.grad(lambda a: jnp.sum(pooling.global_average_pool(a) * weights))(x)
+    want = np.broadcast_to(weights[:, None, None, :] / 15.0, x.shape)
+    np.testing.assert_allclose(grad, want, rtol=1e-6)
+
+
+def test_importance_sample_bf16_logits(rng):
+    logits = rng.normal(size=(2, 5, 4, 3)).astype(np.float32)
+    lb = jnp.asarray(logits, jnp.bfloat16)
+    key = jax.random.key(3)
+    samples = pooling.importance_sample(key, lb, 6)
+    indices = pooling.importance_sample_indices(key, lb, 6)
+    assert samples.shape == (2, 6, 3) and samples.dtype == jnp.bfloat16
+    # The samples are the (bf16) logits at the drawn pixels, bit for bit.
+    flat = np.asarray(lb.astype(jnp.float32)).reshape(2, 20, 3)
+    want = np.take_along_axis(flat, np.asarray(indices), axis=1)
+    np.testing.assert_array_equal(np.asarray(samples.astype(jnp.float32)), want)
+
+
 # ---------------------------------------------------------------------------------------------
 # Importance sampling
 # ---------------------------------------------------------------------------------------------
@@ -252,8 +299,13 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         pooling.importance_sample(
             jax.random.key(0), np.zeros((1, 2, 2, 1), np.float32), posterior="multinomial"
         )
-    with pytest.raises(ValueError, match="num_samples: expected a positive int"):
-        pooling.importance_sample(jax.random.key(0), np.zeros((1, 2, 2, 2), np.float32), 0)
+    for bad in (0, -2, 2.0, True, "3"):
+        with pytest.raises(ValueError, match="num_samples: expected a positive int"):
+            pooling.importance_sample(jax.random.key(0), np.zeros((1, 2, 2, 2), np.float32), bad)
+    # NumPy integers (e.g. from a config array) are ints.
+    assert pooling.importance_sample(
+        jax.random.key(0), np.zeros((1, 2, 2, 2), np.float32), np.int64(3)
+    ).shape == (1, 3, 2)
     with pytest.raises(ValueError, match=r"indices: expected shape \(1, S, 2\)"):
         pooling.gather_pixels(np.zeros((1, 2, 2, 2), np.float32), np.zeros((1, 3, 3), np.int32))
     with pytest.raises(ValueError, match="indices: expected an integer array"):

@@ -129,7 +129,8 @@ def _factory(**kwargs):
 
 
 def test_crashed_run_resumes_to_the_uninterrupted_result(shapes_dir, tmp_path):  # noqa: F811
-    config = tiny_config(shapes_dir, **{"train.image_every_steps": 0})
+    # Batch-statistics BN, so that the running averages must survive the checkpoint as well.
+    config = tiny_config(shapes_dir, **{"train.image_every_steps": 0, "model.batch_norm": "batch"})
     whole = cam.train_and_evaluate(config, str(tmp_path / "whole"), progress=False)
     workdir = str(tmp_path / "crashed")
     with pytest.raises(KeyboardInterrupt):
@@ -139,6 +140,9 @@ def test_crashed_run_resumes_to_the_uninterrupted_result(shapes_dir, tmp_path): 
     assert int(resumed.step) == 4
     for path, value in flat(whole.params).items():
         np.testing.assert_array_equal(flat(resumed.params)[path], value, err_msg=path)
+    for path, value in flat(whole.batch_stats).items():
+        np.testing.assert_array_equal(flat(resumed.batch_stats)[path], value, err_msg=path)
+    assert int(flat(whole.batch_stats)["b2/bn_branch2a/num_batches_tracked"]) == 4
     for got, want in zip(
         jax.tree.leaves(resumed.opt_state), jax.tree.leaves(whole.opt_state), strict=True
     ):
@@ -231,6 +235,70 @@ def test_8_device_update_equals_1_device_update(shapes_dir):  # noqa: F811
     p8, p1 = flat(state8.params), flat(state1.params)
     for path in p1:
         np.testing.assert_allclose(p8[path], p1[path], rtol=1e-5, atol=1e-7, err_msg=path)
+
+
+def _conv3x3_float64(images, kernel):
+    """Stride-1, padding-1 3x3 convolution (no bias) in float64: (N,H,W,Ci) x (3,3,Ci,Co)."""
+    images, kernel = np.asarray(images, np.float64), np.asarray(kernel, np.float64)
+    n, h, w, _ = images.shape
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = np.zeros((n, h, w, kernel.shape[-1]))
+    for dy in range(3):
+        for dx in range(3):
+            out += padded[:, dy : dy + h, dx : dx + w] @ kernel[dy, dx]
+    return out
+
+
+def test_frozen_batch_norm_statistics_never_move(shapes_dir):  # noqa: F811
+    config = tiny_config(shapes_dir)
+    assert config.model.batch_norm == "frozen"  # the reference's CAM stage
+    _, initial, _ = _update_setup(config, 8)
+    before = flat(jax.device_get(initial.batch_stats))
+    state, _ = _run_updates(config, 8, [_synthetic_batch(8, 32, 6)])
+    for path, value in flat(state.batch_stats).items():
+        np.testing.assert_array_equal(value, before[path], err_msg=path)
+
+
+def test_batch_mode_statistics_follow_branch_one_over_the_global_batch(shapes_dir):  # noqa: F811
+    """model.batch_norm="batch": BN running averages move once per update, by the statistics of
+    the full-scale branch over the whole (sharded) batch: running = 0.9 running + 0.1 batch, with
+    PyTorch's unbiased variance. Checked on b2's first BN, whose input is conv1a(images)."""
+    config = tiny_config(shapes_dir, **{"model.batch_norm": "batch"})
+    batch = _synthetic_batch(8, 32, 6)
+    _, initial, _ = _update_setup(config, 8)
+    kernel = np.asarray(initial.params["conv1a"]["kernel"])
+    old = {k: np.asarray(v) for k, v in initial.batch_stats["b2"]["bn_branch2a"].items()}
+    state8, metrics8 = _run_updates(config, 8, [batch])
+    state1, metrics1 = _run_updates(config, 1, [batch])
+
+    features = _conv3x3_float64(batch["image"], kernel).reshape(-1, kernel.shape[-1])
+    count = features.shape[0]
+    want_mean = 0.9 * old["mean"] + 0.1 * features.mean(0)
+    want_var = 0.9 * old["var"] + 0.1 * features.var(0) * count / (count - 1)
+    got = jax.device_get(state8.batch_stats["b2"]["bn_branch2a"])
+    np.testing.assert_allclose(got["mean"], want_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["var"], want_var, rtol=1e-5, atol=1e-6)
+    # One update, one accumulation: branch 2's 0.3-scale batch normalises but never accumulates.
+    counters = [v for p, v in flat(state8.batch_stats).items() if p.endswith("num_batches_tracked")]
+    assert counters and all(int(c) == 1 for c in counters)
+
+    # Global-batch statistics: 8 devices give the 1-device update, statistics included, to rel
+    # 1e-5 of each tensor's scale (max |a - b| / max |b|): the batch mean and variance are sums in
+    # another order on 8 devices, and their rounding reaches every gradient behind a BN layer.
+    for name in metrics1[0]:
+        np.testing.assert_allclose(metrics8[0][name], metrics1[0][name], rtol=1e-5, err_msg=name)
+    for tree8, tree1 in ((state8.batch_stats, state1.batch_stats), (state8.params, state1.params)):
+        values1 = flat(tree1)
+        for path, value in flat(tree8).items():
+            want = np.asarray(values1[path], np.float64)
+            scale = max(float(np.abs(want).max()), 1e-30)
+            assert np.abs(value - want).max() / scale <= 1e-5, path
+
+
+def test_unknown_batch_norm_mode_names_the_field(shapes_dir):  # noqa: F811
+    config = tiny_config(shapes_dir, **{"model.batch_norm": "sync"})
+    with pytest.raises(ValueError, match=r"model\.batch_norm.*'sync'"):
+        cam.build_model(config, 6)
 
 
 def test_bfloat16_compute_keeps_float32_parameters(shapes_dir):  # noqa: F811

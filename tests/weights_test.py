@@ -184,15 +184,18 @@ def test_convert_mxnet_rejects_missing_and_unknown_names():
 
 
 @pytest.mark.parametrize("arch", models.ARCHS)
-def test_torch_flax_round_trip_is_identity(arch):
-    state = weights.seeded_state_dict(arch, 3, 5, **TINY)
+@pytest.mark.parametrize("width", [0.125, 0.1])  # 0.1: channel counts that are not c * 2^-k
+def test_torch_flax_round_trip_is_identity(arch, width):
+    size = {**TINY, "width": width}
+    state = weights.seeded_state_dict(arch, 3, 5, **size)
+    assert weights.infer_model_size(state, arch)["width"] * 64 == pytest.approx(64 * width, 0.01)
     variables = weights.from_torch(state, arch)
     back = weights.to_torch(variables, arch)
     assert list(back) == list(state)
     for name, value in state.items():
         assert back[name].dtype == value.dtype and np.array_equal(back[name], value), name
     # The variables are what the Flax model expects.
-    model = models.build(arch, 5, **TINY)
+    model = models.build(arch, 5, **size)
     expected = jax.eval_shape(
         lambda: model.init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
     )

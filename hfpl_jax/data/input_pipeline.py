@@ -458,10 +458,17 @@ def make_aff_train_iterator(
 
 def decode_image_cv2(data: bytes) -> np.ndarray:
     """Stored image bytes -> (H, W, 3) uint8 RGB via OpenCV (``cv2.imread`` + BGR->RGB, the
-    final stage's reader)."""
+    final stage's reader), in the stored pixel layout.
+
+    ``cv2.imread`` would apply a JPEG's EXIF orientation tag where PIL (every other stage, and the
+    build's mask-size check) does not, rotating or mirroring the image against its mask; VOC's
+    JPEGs carry no such tag, some COCO ones do. The tag is ignored here, so that image and label
+    always share their layout.
+    """
     import cv2
 
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if bgr is None:
         raise ValueError("OpenCV could not decode a stored image")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -31,7 +31,12 @@ import jax.numpy as jnp
 from hfpl_jax.models import affinity, deeplab, resnet50_cam, seam
 from hfpl_jax.models.affinity import AffinityNet
 from hfpl_jax.models.deeplab import DeepLabLargeFOV
-from hfpl_jax.models.layers import CONV_IMPLS, check_batch_norm_mode, check_conv_impl
+from hfpl_jax.models.layers import (
+    BATCH_NORM_MODES,
+    CONV_IMPLS,
+    check_batch_norm_mode,
+    check_conv_impl,
+)
 from hfpl_jax.models.resnet38 import ResNet38
 from hfpl_jax.models.resnet50_cam import ResNet50CAM
 from hfpl_jax.models.seam import SEAM
@@ -76,6 +81,7 @@ WEIGHT_DECAY = {"weight": True, "bias": False, "scratch_weight": True, "scratch_
 
 __all__ = [
     "ARCHS",
+    "BATCH_NORM_MODES",
     "CONV_IMPLS",
     "AffinityNet",
     "DeepLabLargeFOV",

@@ -318,6 +318,56 @@ def single_branch_losses(
     )
 
 
+def cam_loss_and_batch_stats(
+    params: Any,
+    batch_stats: Any,
+    images: jax.Array,
+    labels: jax.Array,
+    key: jax.Array,
+    *,
+    model: Any,
+    settings: LossSettings,
+    isl_fn: IslFn | None = None,
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
+    """The CAM-training loss of one batch and the BN statistics after it:
+    ``(total, (terms, new_batch_stats))``, differentiable in ``params``.
+
+    With ``model.batch_norm == "frozen"`` (the reference) BN normalises with ``batch_stats`` and
+    ``new_batch_stats`` is ``batch_stats``. With ``"batch"`` every branch normalises with the
+    statistics of its own input batch (over the global batch when the batch is sharded), and the
+    running statistics move by branch 1's batch only: inference runs on full-scale images, which
+    branch 2's 0.3-scale copies (other object sizes, more blur) would misrepresent.
+
+    Args:
+      params, batch_stats: the model's variables.
+      images: normalised crops ``(N, H, W, 3)``; labels: multi-hot ``(N, K)``.
+      key: this update's key, split into branch-1 dropout, branch-2 dropout and ISL keys.
+      model: a Flax module from ``hfpl_jax.models.build`` (dropout active: ``train=True``).
+      settings: loss options.
+    """
+    dropout1, dropout2, isl_key = jax.random.split(key, 3)
+    variables = {"params": params, "batch_stats": batch_stats}
+    batch_mode = getattr(model, "batch_norm", "frozen") == "batch"
+
+    def forward(x, dropout_key):
+        rngs = {"dropout": dropout_key}
+        if not batch_mode:
+            return model.apply(variables, x, train=True, rngs=rngs), batch_stats
+        outputs, updates = model.apply(variables, x, train=True, rngs=rngs, mutable=["batch_stats"])
+        return outputs, updates["batch_stats"]
+
+    outputs1, new_batch_stats = forward(images, dropout1)
+    if not settings.seam:
+        terms = single_branch_losses(outputs1, images, labels, isl_key, settings, isl_fn=isl_fn)
+        return terms["loss"], (terms, new_batch_stats)
+    _, height, width, _ = images.shape
+    small = (scaled_size(height, settings.scale_factor), scaled_size(width, settings.scale_factor))
+    images2 = resize_bilinear(images, small, align_corners=True)
+    outputs2, _ = forward(images2, dropout2)  # branch 2's statistics normalise, never accumulate
+    terms = seam_hfpl_losses(outputs1, outputs2, images, labels, isl_key, settings, isl_fn=isl_fn)
+    return terms["loss"], (terms, new_batch_stats)
+
+
 def cam_loss_fn(
     params: Any,
     batch_stats: Any,
@@ -329,31 +379,11 @@ def cam_loss_fn(
     settings: LossSettings,
     isl_fn: IslFn | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The CAM-training loss of one batch: ``(total, terms)``, differentiable in ``params``.
-
-    Args:
-      params, batch_stats: the model's variables (BN statistics are used, never updated).
-      images: normalised crops ``(N, H, W, 3)``; labels: multi-hot ``(N, K)``.
-      key: this update's key, split into branch-1 dropout, branch-2 dropout and ISL keys.
-      model: a Flax module from ``hfpl_jax.models.build`` (dropout active: ``train=True``).
-      settings: loss options.
-    """
-    dropout1, dropout2, isl_key = jax.random.split(key, 3)
-    variables = {"params": params, "batch_stats": batch_stats}
-
-    def forward(x, dropout_key):
-        return model.apply(variables, x, train=True, rngs={"dropout": dropout_key})
-
-    outputs1 = forward(images, dropout1)
-    if not settings.seam:
-        terms = single_branch_losses(outputs1, images, labels, isl_key, settings, isl_fn=isl_fn)
-        return terms["loss"], terms
-    _, height, width, _ = images.shape
-    small = (scaled_size(height, settings.scale_factor), scaled_size(width, settings.scale_factor))
-    images2 = resize_bilinear(images, small, align_corners=True)
-    outputs2 = forward(images2, dropout2)
-    terms = seam_hfpl_losses(outputs1, outputs2, images, labels, isl_key, settings, isl_fn=isl_fn)
-    return terms["loss"], terms
+    """``(total, terms)`` of :func:`cam_loss_and_batch_stats` (the BN statistics dropped)."""
+    total, (terms, _) = cam_loss_and_batch_stats(
+        params, batch_stats, images, labels, key, model=model, settings=settings, isl_fn=isl_fn
+    )
+    return total, terms
 
 
 # ==================================================================================================
@@ -369,14 +399,15 @@ def make_train_step(
     """``train_step(state, batch) -> (state, metrics)``: one jitted, donated, sharded update.
 
     ``batch = {"image": (B, H, W, 3), "labels": (B, K)}`` global arrays sharded on ``"data"``;
-    the state is replicated. Metrics: every loss term of ``settings.term_names()``.
+    the state is replicated. Metrics: every loss term of ``settings.term_names()``. With
+    ``batch_norm="batch"`` the state's ``batch_stats`` move by branch 1's global-batch statistics.
     """
     replicated = parallel.replicated_sharding(mesh)
     batch_sharding = parallel.data_sharding(mesh)
 
     def train_step(state: TrainState, batch):
-        grad_fn = jax.value_and_grad(cam_loss_fn, has_aux=True)
-        (_, terms), grads = grad_fn(
+        grad_fn = jax.value_and_grad(cam_loss_and_batch_stats, has_aux=True)
+        (_, (terms, batch_stats)), grads = grad_fn(
             state.params,
             state.batch_stats,
             batch["image"],
@@ -387,7 +418,9 @@ def make_train_step(
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = jax.tree.map(lambda p, u: p + u, state.params, updates)
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        new_state = state.replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
         return new_state, terms
 
     return jax.jit(
@@ -466,9 +499,15 @@ def make_train_data(config: ml_collections.ConfigDict, process_index: int, proce
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
-    """``hfpl_jax.models.build`` from ``config.model`` (BN frozen, as in the reference's stage)."""
+    """``hfpl_jax.models.build`` from ``config.model``; ``model.batch_norm`` "frozen" (the
+    reference's CAM stage) or "batch" (see :func:`cam_loss_and_batch_stats`)."""
     from hfpl_jax import models  # noqa: PLC0415
 
+    if config.model.batch_norm not in models.BATCH_NORM_MODES:
+        raise ValueError(
+            f"model.batch_norm must be one of {models.BATCH_NORM_MODES}, "
+            f"found {config.model.batch_norm!r}."
+        )
     dtype_name = config.model.compute_dtype
     if dtype_name not in COMPUTE_DTYPES:
         raise ValueError(
@@ -481,7 +520,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
         width=config.model.width,
         blocks=None if blocks is None else tuple(blocks),
         dtype=COMPUTE_DTYPES[dtype_name],
-        batch_norm="frozen",
+        batch_norm=config.model.batch_norm,
     )
 
 

@@ -20,6 +20,11 @@ Fields
 ``model.arch``                 "seam" (two outputs + PCM) or any CAM architecture of
                                ``hfpl_jax.models.build`` ("resnet50_cam").
 ``model.width/blocks``         model size (tiny test models); 1.0/None is the reference's size.
+``model.batch_norm``           "frozen" (the reference: BN normalises with its stored statistics,
+                               never updated) or "batch" (batch statistics of the global batch
+                               while training; the running averages move by branch 1's batch only).
+                               An option for runs from random weights, where frozen BN is the
+                               identity; BN's scale/bias still follow ``optim.frozen``.
 ``model.compute_dtype``        "float32" or "bfloat16" activations; parameters stay float32 and the
                                losses are computed in float32.
 ``model.init_weights``         ImageNet weights: an MXNet ``.params`` file, a ``.pth`` state dict
@@ -97,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.arch = "seam"
     config.model.width = 1.0
     config.model.blocks = config_dict.placeholder(tuple)
+    config.model.batch_norm = "frozen"
     config.model.compute_dtype = "float32"
     config.model.init_weights = ""
 

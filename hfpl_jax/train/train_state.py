@@ -20,7 +20,8 @@ class TrainState:
     Attributes:
       step: int32 scalar, updates done so far (the 0-based index of the next update).
       params: model parameters (float32, nested dict).
-      batch_stats: BatchNorm statistics (constant when BN is frozen; needed for inference).
+      batch_stats: BatchNorm running statistics (constant when BN is frozen, updated by each step
+        with ``batch_norm="batch"``; what inference normalises with).
       opt_state: the optimizer's state.
       rng: the base key's raw data (uint32); step ``t`` uses ``fold_in(key, t)``, so the random
         stream of a resumed run is the uninterrupted run's.
