@@ -19,7 +19,7 @@ Writes:
                              and gradients of a fixed scalar test loss.
   golden_models_affinity.npz, golden_models_deeplab.npz, golden_models_resnet50.npz
                              the same for AffinityNet, DeepLab-LargeFOV and the ResNet-50 CAM net
-                             (reduced width where the full size would not fit the fixture budget).
+                             (full size too; the ResNet-50 part runs torchvision's resnet50).
 
 Only inputs are regenerated from seeds; parameters are never stored (both sides derive them with
 the same NumPy function). The reference code is imported from ``--reference`` and never copied.

@@ -47,8 +47,8 @@ def test_generator_is_deterministic_and_labels_match_mask():
 
 
 def test_generator_statistics_make_a_nontrivial_task():
-    """Over 200 default-size images: several objects per image, every class, backgrounds that
-    carry the class textures (so texture alone does not segment), and many low-contrast edges."""
+    """Over 200 default-size images: often several objects per image, every class regularly, and
+    objects covering a minority of the image."""
     params = shapes.ShapesParams()
     counts, classes, fg_fraction = [], np.zeros(shapes.NUM_CLASSES), []
     for index in range(200):
@@ -60,6 +60,30 @@ def test_generator_statistics_make_a_nontrivial_task():
     assert (counts == 1).mean() > 0.35 and (counts >= 2).mean() > 0.3
     assert classes.min() > 20  # every class appears regularly
     assert 0.1 < np.mean(fg_fraction) < 0.5
+
+
+def test_boundaries_are_mostly_colour_edges_some_weak_and_the_background_is_cluttered():
+    """Over 200 default-size images. Boundary contrast: the mean absolute RGB difference of the
+    7x7-box-smoothed image (smoothing averages the textures out) between pixels 3 apart across a
+    mask boundary. Clutter: Sobel gradient magnitude > 0.5 (image in [0, 1]) away from objects."""
+    from scipy import ndimage
+
+    params = shapes.ShapesParams()
+    contrasts, background_edges = [], []
+    for index in range(200):
+        image, mask, _ = shapes.generate_example(params, "val", index)
+        x = image.astype(np.float64) / 255.0
+        smooth = np.stack([ndimage.uniform_filter(x[..., c], 7) for c in range(3)], -1)
+        across = mask[:, :-3] != mask[:, 3:]
+        contrasts.append(np.abs(smooth[:, :-3] - smooth[:, 3:]).mean(-1)[across])
+        gray = x.mean(-1)
+        gradient = np.hypot(ndimage.sobel(gray, 0), ndimage.sobel(gray, 1))
+        background = ndimage.binary_erosion(mask == 0, iterations=3)
+        background_edges.append((gradient[background] > 0.5).mean())
+    contrasts = np.concatenate(contrasts)
+    assert np.median(contrasts) > 0.05  # most boundaries sit on a colour edge ...
+    assert (contrasts < 0.03).mean() > 0.08  # ... but a good share are weak (measured: 18%)
+    assert np.mean(background_edges) > 0.01  # distractor bars/blobs (measured: 2.5% of pixels)
 
 
 def test_void_band_marks_boundaries_only():

@@ -1,7 +1,8 @@
 """A plain CAM network on a torchvision-layout ResNet-50, output stride 16.
 
-A second CAM baseline, to show that HFPL's losses (ISL on the OS-16 ``logits``, FSL, GAP on the
-upsampled ``cam``) are an add-on to an ordinary CAM method and not tied to SEAM. The design follows
+A second CAM baseline, to show that HFPL's losses (ISL on the OS-16 ``logits``, FSL, mixed with
+the GAP of the logits as IRN pools them, or of the upsampled ``cam``: ``loss.gap_source``) are an
+add-on to an ordinary CAM method and not tied to SEAM. The design follows
 the common ResNet-50 CAM setup (as in IRN): torchvision's ResNet-50 v1.5 with the last stage's
 stride set to 1 (no dilation), so OS 16, and a bias-free 1x1 classifier on the last stage.
 

@@ -521,6 +521,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
         blocks=None if blocks is None else tuple(blocks),
         dtype=COMPUTE_DTYPES[dtype_name],
         batch_norm=config.model.batch_norm,
+        dropout=config.model.dropout,
     )
 
 
@@ -747,7 +748,12 @@ def train_and_evaluate(
         wd_mults=config.optim.wd_mults,
         frozen=config.optim.frozen,
     ):
-        logger.warning("optimizer rule matches no parameter: %s", rule)
+        logger.warning(
+            "optimizer rule matches no parameter of this model (expected for a group the model "
+            "lacks, e.g. the reference's from-scratch biases: SEAM's heads have none; otherwise "
+            "check the pattern): %s",
+            rule,
+        )
 
     manager = checkpoint_lib.CheckpointManager(
         workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep

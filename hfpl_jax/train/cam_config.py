@@ -25,6 +25,8 @@ Fields
                                while training; the running averages move by branch 1's batch only).
                                An option for runs from random weights, where frozen BN is the
                                identity; BN's scale/bias still follow ``optim.frozen``.
+``model.dropout``              True (the reference): Dropout2d in b6/b7 and before fc8 while
+                               training; False turns every dropout layer off.
 ``model.compute_dtype``        "float32" or "bfloat16" activations; parameters stay float32 and the
                                losses are computed in float32.
 ``model.init_weights``         ImageNet weights: an MXNet ``.params`` file, a ``.pth`` state dict
@@ -103,6 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.width = 1.0
     config.model.blocks = config_dict.placeholder(tuple)
     config.model.batch_norm = "frozen"
+    config.model.dropout = True
     config.model.compute_dtype = "float32"
     config.model.init_weights = ""
 
