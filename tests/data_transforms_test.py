@@ -4,6 +4,7 @@ tests/testdata/data_golden.npz comes from scripts/make_golden_data.py (the comma
 docstring): the reference's own transforms run with their random draws replaced by stored values.
 """
 
+import dataclasses
 import io
 import json
 import os
@@ -214,6 +215,44 @@ def test_hue_shift_wraps_like_uint8(photo, hue):
     np.testing.assert_array_equal(np.asarray(out), np.asarray(shifted.convert("RGB")))
     if hue == -0.05:
         assert expected_shift == 244
+
+
+def _every_colour() -> np.ndarray:
+    """All 2^24 byte triples as a 4096 x 4096 x 3 uint8 image."""
+    values = np.arange(2**24, dtype=np.uint32)
+    triples = np.stack([values >> 16, (values >> 8) & 255, values & 255], axis=-1)
+    return triples.astype(np.uint8).reshape(4096, 4096, 3)
+
+
+def test_hsv_conversions_equal_pil_on_every_input():
+    """The table-driven conversions behind adjust_hue against PIL's own, exhaustively."""
+    every = _every_colour()
+    hsv = np.asarray(Image.fromarray(every).convert("HSV"))
+    rgb = np.asarray(Image.frombytes("HSV", (4096, 4096), every.tobytes()).convert("RGB"))
+    for rows in range(0, 4096, 1024):  # chunks bound the intermediates' memory
+        part = every[rows : rows + 1024]
+        np.testing.assert_array_equal(transforms.rgb_to_hsv_pil(part), hsv[rows : rows + 1024])
+        np.testing.assert_array_equal(transforms.hsv_to_rgb_pil(part), rgb[rows : rows + 1024])
+
+
+def test_color_jitter_of_a_window_is_the_window_of_the_jitter():
+    rng = np.random.default_rng(5)
+    image = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).resize(
+        (121, 83), Image.BICUBIC
+    )
+    whole_image = (0, 0, 121, 83)
+    for _ in range(100):  # every order and factor pattern, contrast anywhere in the order
+        params = transforms.sample_color_jitter(rng, (0.3, 0.3, 0.3, 0.1))
+        if rng.random() < 0.3:
+            params = dataclasses.replace(params, contrast=None)
+        full = np.asarray(transforms.color_jitter(image, params))
+        left, top = (int(v) for v in rng.integers(0, 50, 2))
+        box = (left, top, left + int(rng.integers(1, 71)), top + int(rng.integers(1, 33)))
+        window = np.asarray(transforms.color_jitter(image, params, box))
+        np.testing.assert_array_equal(window, full[box[1] : box[3], box[0] : box[2]])
+        np.testing.assert_array_equal(
+            np.asarray(transforms.color_jitter(image, params, whole_image)), full
+        )
 
 
 def test_color_jitter_applies_ops_in_the_drawn_order(photo):

@@ -23,9 +23,10 @@ distributions and the deterministic maths are the reference's:
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageStat
 
 from hfpl_jax.affinity_pairs import search_offsets as affinity_offsets
 from hfpl_jax.image_ops import IMAGENET_MEAN, IMAGENET_STD, normalization_table
@@ -137,9 +138,159 @@ def sample_color_jitter(rng: np.random.Generator, strengths) -> ColorJitterParam
     return ColorJitterParams(order, b, c, s, h)
 
 
+# --------------------------------------------------------------------------------------------------
+# PIL's 8-bit HSV conversions, as table lookups
+#
+# torchvision's hue jitter is a round trip through PIL's "HSV" mode, whose C conversions cost
+# ~80 ns a pixel, more than the rest of the CAM pipeline together. Their arithmetic, replicated
+# here (and checked against PIL on all 2^24 inputs in both directions by the tests):
+#
+#   RGB -> HSV (per pixel; max, min of r, g, b; cr = max - min; all float32 unless noted):
+#     v = max; cr == 0: h = s = 0. Else s = int(double(cr / max) * 255.0);
+#     rc, gc, bc = (max - r) / cr, (max - g) / cr, (max - b) / cr;
+#     h = bc - gc if r == max, else float32(2.0 + rc - bc) if g == max, else float32(4.0 + gc - rc)
+#     (those two sums in double); h = float32(fmod(double(h) / 6.0 + 1.0, 1.0));
+#     h = clip(int(double(h) * 255.0), 0, 255).
+#   HSV -> RGB: x = h * 6.0 / 255.0 (double), i = floor(x), f = float32(x - i),
+#     fs = float32(s / 255.0); p, q, t = round-half-up of v * (1 - fs), v * (1 - fs f),
+#     v * (1 - fs (1 - f)) (double); (R, G, B) by sextant i % 6: (v, t, p), (q, v, p), (p, v, t),
+#     (p, q, v), (t, p, v), (v, p, q). (s = 0 gives p = q = t = v, the grey case.)
+#
+# Only differences from max enter the hue, and one of the two non-max channels is the min (its
+# difference is cr), so h is a function of (which channel is max, which is min, cr, the other
+# difference): six 256 x 256 tables. s is a table of (cr, max) and p of (s, v). Of q and t, each
+# sextant uses one (the middle value; the others are v, the max, and p, the min), whose factor is
+# a table of (h, s); rounded to float32 it still gives PIL's values on every input.
+
+# Channels (u, w) of each max case in the formula's order, and its offset:
+# r: bc - gc, g: 2 + rc - bc, b: 4 + gc - rc.
+_HUE_CASES = ((2, 1, 0.0), (0, 2, 2.0), (1, 0, 4.0))
+# (R, G, B) per sextant as 0 = v (the max), 1 = the middle value, 2 = p (the min): sextants
+# 0..5 give (v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q), so the middle value
+# is t in even sextants and q in odd ones.
+_SEXTANT_ROLES = np.array(
+    [(0, 1, 2), (1, 0, 2), (2, 0, 1), (2, 1, 0), (1, 2, 0), (0, 2, 1)], np.uint8
+).T.copy()  # [channel, sextant]
+
+
+def _pil_hue(cr: np.ndarray, d_u: np.ndarray, d_w: np.ndarray, offset: float) -> np.ndarray:
+    """PIL's 8-bit hue from ``cr`` > 0 and the differences ``max - u``, ``max - w`` (see above)."""
+    cr32 = cr.astype(np.float32)
+    a_u = d_u.astype(np.float32) / cr32
+    a_w = d_w.astype(np.float32) / cr32
+    if offset == 0.0:
+        h = a_u - a_w
+    else:
+        h = (offset + a_u.astype(np.float64) - a_w).astype(np.float32)
+    h = np.fmod(h.astype(np.float64) / 6.0 + 1.0, 1.0).astype(np.float32)
+    return np.clip((h.astype(np.float64) * 255.0).astype(np.int64), 0, 255).astype(np.uint8)
+
+
+@functools.cache
+def _hsv_tables() -> dict[str, np.ndarray]:
+    levels = np.arange(256)
+    cr, other = np.meshgrid(levels, levels, indexing="ij")  # [cr, other]
+    valid = (cr > 0) & (other <= cr)
+    safe_cr = np.where(valid, cr, 1)
+    safe_other = np.where(valid, other, 0)
+    hue = np.zeros((6, 256, 256), np.uint8)  # [2 * case + (w is the min), cr, other]
+    for case, (_, _, offset) in enumerate(_HUE_CASES):
+        hue[2 * case] = np.where(valid, _pil_hue(safe_cr, safe_cr, safe_other, offset), 0)
+        hue[2 * case + 1] = np.where(valid, _pil_hue(safe_cr, safe_other, safe_cr, offset), 0)
+    maxc = np.maximum(levels, 1)[None, :].astype(np.float32)
+    sat = ((levels[:, None].astype(np.float32) / maxc).astype(np.float64) * 255.0).astype(np.int64)
+    sat = np.where(levels[:, None] <= levels[None, :], np.clip(sat, 0, 255), 0)  # [cr, max]
+    x = levels * 6.0 / 255.0
+    sextant = np.floor(x).astype(np.int64) % 6
+    f = (x - np.floor(x)).astype(np.float32).astype(np.float64)  # [h]
+    fs = (levels / 255.0).astype(np.float32).astype(np.float64)  # [s]
+    p = np.floor(levels[None, :] * (1.0 - fs[:, None]) + 0.5)  # [s, v]
+    odd = (sextant % 2 == 1)[:, None]
+    middle = np.where(odd, 1.0 - fs[None, :] * f[:, None], 1.0 - fs[None, :] * (1.0 - f[:, None]))
+    # Table of each pixel from the bits r==max | g==max << 1 | r==min << 2 | g==min << 3 |
+    # b==min << 4: the max case (r first, then g, then b, PIL's order of tests) and whether its
+    # w channel (not u) is the min.
+    hue_table = np.zeros(32, np.uint8)
+    for bits in range(32):
+        is_max = (bits & 1, bits >> 1 & 1)
+        is_min = (bits >> 2 & 1, bits >> 3 & 1, bits >> 4 & 1)
+        case = 0 if is_max[0] else 1 if is_max[1] else 2
+        u, _, _ = _HUE_CASES[case]
+        hue_table[bits] = 2 * case + (not is_min[u])
+    return {
+        "hue": hue.reshape(-1),
+        "hue_table": hue_table,
+        "sat": sat.astype(np.uint8).reshape(-1),
+        "sextant": sextant.astype(np.uint8),
+        "p": np.clip(p, 0, 255).astype(np.uint8).reshape(-1),
+        # [h, s]: (1 - fs f) or (1 - fs (1 - f)), rounded to float32
+        "middle_factor": middle.astype(np.float32).reshape(-1),
+    }
+
+
+def _rgb_planes_to_hsv(r, g, b):
+    """Contiguous uint8 planes -> PIL's (h, s, v) planes (see the notes above)."""
+    tables = _hsv_tables()
+    maxc = np.maximum(np.maximum(r, g), b)
+    minc = np.minimum(np.minimum(r, g), b)
+    cr = maxc - minc
+    # The difference that is not cr is max - (the middle value), the middle being the sum minus
+    # max and min; which table applies follows from which channels are the max and the min.
+    middle = (r.astype(np.int16) + g + b - maxc - minc).astype(np.uint8)
+    key = (r == maxc).view(np.uint8) | ((g == maxc).view(np.uint8) << 1)
+    key |= ((r == minc).view(np.uint8) << 2) | ((g == minc).view(np.uint8) << 3)
+    key |= (b == minc).view(np.uint8) << 4
+    table = np.take(tables["hue_table"], key).astype(np.int32)
+    cr_index = cr.astype(np.int32) << 8
+    hue = np.take(tables["hue"], (table << 16) | cr_index | (maxc - middle))
+    sat = np.take(tables["sat"], cr_index | maxc)
+    return hue, sat, maxc
+
+
+def _hsv_planes_to_rgb(h, s, v):
+    """PIL's (h, s, v) uint8 planes -> (R, G, B) planes (see the notes above)."""
+    tables = _hsv_tables()
+    s_index = s.astype(np.int32)
+    low = np.take(tables["p"], (s_index << 8) | v)
+    factor = np.take(tables["middle_factor"], (h.astype(np.int32) << 8) | s_index)
+    # Round half up of a value >= 0: truncate after adding 0.5. float32 gives PIL's double result
+    # on every (h, s, v) (the tests check all 2^24).
+    middle = (v.astype(np.float32) * factor + np.float32(0.5)).astype(np.uint8)
+    sextant = np.take(tables["sextant"], h)
+    planes = []
+    for roles in _SEXTANT_ROLES:
+        role = np.take(roles, sextant)
+        # Select by bit masks (0x00 / 0xFF): cheaper than nested np.where on uint8 planes.
+        pick_v = np.negative((role == 0).view(np.uint8))
+        pick_middle = np.negative((role == 1).view(np.uint8))
+        pick_low = np.negative((role == 2).view(np.uint8))
+        planes.append((v & pick_v) | (middle & pick_middle) | (low & pick_low))
+    return planes
+
+
+def _planes(array: np.ndarray):
+    flat = array.reshape(-1, 3)
+    return [np.ascontiguousarray(flat[:, c]) for c in range(3)]
+
+
+def _interleave(planes, shape) -> np.ndarray:
+    return np.stack(planes, axis=-1).reshape(shape)
+
+
+def rgb_to_hsv_pil(rgb: np.ndarray) -> np.ndarray:
+    """PIL's ``Image.convert("HSV")`` of a ``(..., 3)`` uint8 RGB array, bit for bit (tables)."""
+    return _interleave(_rgb_planes_to_hsv(*_planes(rgb)), rgb.shape)
+
+
+def hsv_to_rgb_pil(hsv: np.ndarray) -> np.ndarray:
+    """PIL's ``convert("RGB")`` of a ``(..., 3)`` uint8 "HSV" array, bit for bit (tables)."""
+    return _interleave(_hsv_planes_to_rgb(*_planes(hsv)), hsv.shape)
+
+
 def adjust_hue(image: Image.Image, hue_factor: float) -> Image.Image:
     """torchvision's PIL ``adjust_hue``: shift PIL's 8-bit HSV hue by uint8(hue_factor · 255),
-    wrapping around.
+    wrapping around, and convert back (RGB images through :func:`rgb_to_hsv_pil` /
+    :func:`hsv_to_rgb_pil`, the same bytes as PIL's conversions; other modes through PIL).
 
     The float -> uint8 cast of a negative shift truncates toward zero and wraps modulo 256 (what the
     reference's ``np.uint8(hue_factor * 255)`` does on x86), e.g. −0.05 -> int(−12.75) = −12 -> 244.
@@ -148,28 +299,74 @@ def adjust_hue(image: Image.Image, hue_factor: float) -> Image.Image:
         raise ValueError(f"hue_factor must lie in [-0.5, 0.5], got {hue_factor}")
     if image.mode in {"L", "1", "I", "F"}:
         return image
+    shift = np.uint8(int(hue_factor * 255) % 256)
+    if image.mode == "RGB":
+        rgb = np.asarray(image)
+        h, s, v = _rgb_planes_to_hsv(*_planes(rgb))
+        h += shift  # uint8 addition wraps around the hue circle
+        return Image.fromarray(_interleave(_hsv_planes_to_rgb(h, s, v), rgb.shape), "RGB")
     mode = image.mode
     h, s, v = image.convert("HSV").split()
     np_h = np.array(h, dtype=np.uint8)
-    np_h += np.uint8(int(hue_factor * 255) % 256)  # uint8 addition wraps around the hue circle
+    np_h += shift
     h = Image.fromarray(np_h, "L")
     return Image.merge("HSV", (h, s, v)).convert(mode)
 
 
-def color_jitter(image: Image.Image, params: ColorJitterParams) -> Image.Image:
+def _contrast(image: Image.Image, factor: float, grey_mean: int) -> Image.Image:
+    """``ImageEnhance.Contrast(whole).enhance(factor)`` restricted to ``image`` (a window of the
+    whole image), given the whole image's ``int(mean(L) + 0.5)``: a blend with that grey level."""
+    degenerate = Image.new("L", image.size, grey_mean)
+    if image.mode != "L":
+        degenerate = degenerate.convert(image.mode)
+    return Image.blend(degenerate, image, factor)
+
+
+def _grey_mean(image: Image.Image) -> int:
+    """``ImageEnhance.Contrast``'s grey level: ``int(mean of image.convert("L") + 0.5)``."""
+    grey = image if image.mode == "L" else image.convert("L")
+    return int(ImageStat.Stat(grey).mean[0] + 0.5)
+
+
+def color_jitter(
+    image: Image.Image, params: ColorJitterParams, box: tuple[int, int, int, int] | None = None
+) -> Image.Image:
     """Applies a ColorJitter draw: brightness ``ImageEnhance.Brightness``, contrast
     ``ImageEnhance.Contrast`` (blend with the mean grey level), saturation ``ImageEnhance.Color``,
-    hue :func:`adjust_hue`, in ``params.order`` (torchvision's ``functional_pil``)."""
-    for op in params.order:
-        if op == 0 and params.brightness is not None:
-            image = ImageEnhance.Brightness(image).enhance(params.brightness)
-        elif op == 1 and params.contrast is not None:
-            image = ImageEnhance.Contrast(image).enhance(params.contrast)
-        elif op == 2 and params.saturation is not None:
-            image = ImageEnhance.Color(image).enhance(params.saturation)
-        elif op == 3 and params.hue is not None:
-            image = adjust_hue(image, params.hue)
+    hue :func:`adjust_hue`, in ``params.order`` (torchvision's ``functional_pil``).
+
+    With ``box = (left, top, right, bottom)`` it returns ``color_jitter(image, params).crop(box)``,
+    bit for bit, with less work: every operation is pointwise except contrast, whose grey mean is
+    taken over the whole image as it stands at contrast's place in the order; so only the
+    operations before contrast run on the whole image, the rest on the window.
+    """
+    ops = [op for op in params.order if _jitter_factor(params, op) is not None]
+    whole = ops.index(1) if 1 in ops else 0  # operations that need the whole image
+    for op in ops[:whole]:
+        image = _jitter_op(image, op, params)
+    grey_mean = _grey_mean(image) if 1 in ops else None
+    if box is not None:
+        image = image.crop(box)
+    for op in ops[whole:]:
+        if op == 1:
+            image = _contrast(image, params.contrast, grey_mean)
+        else:
+            image = _jitter_op(image, op, params)
     return image
+
+
+def _jitter_factor(params: ColorJitterParams, op: int) -> float | None:
+    return (params.brightness, params.contrast, params.saturation, params.hue)[op]
+
+
+def _jitter_op(image: Image.Image, op: int, params: ColorJitterParams) -> Image.Image:
+    if op == 0:
+        return ImageEnhance.Brightness(image).enhance(params.brightness)
+    if op == 1:
+        return ImageEnhance.Contrast(image).enhance(params.contrast)
+    if op == 2:
+        return ImageEnhance.Color(image).enhance(params.saturation)
+    return adjust_hue(image, params.hue)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,17 +458,19 @@ def cam_train_transform(image: Image.Image, params: CamTrainParams) -> np.ndarra
     """RGB PIL image -> (crop, crop, 3) float32 normalised training input (spec §3.3 steps 2–7).
 
     Normalisation is pointwise and the crop pads with 0 in normalised space, so cropping the uint8
-    image first and normalising only the window gives the same array with less work.
+    image first and normalising only the window gives the same array with less work; the colour
+    jitter, too, runs on the window where it can (see :func:`color_jitter`).
     """
     image = resize_long(image, params.target_long)
     if params.flip:
         image = hflip_pil(image)
-    if params.jitter is not None:
-        image = color_jitter(image, params.jitter)
-    array = np.asarray(image)
     crop = params.crop
-    ch, cw = min(crop.crop_size, array.shape[0]), min(crop.crop_size, array.shape[1])
-    window = array[crop.img_top : crop.img_top + ch, crop.img_left : crop.img_left + cw]
+    ch, cw = min(crop.crop_size, image.height), min(crop.crop_size, image.width)
+    box = (crop.img_left, crop.img_top, crop.img_left + cw, crop.img_top + ch)
+    if params.jitter is not None:
+        window = np.asarray(color_jitter(image, params.jitter, box))  # jitter, then the crop
+    else:
+        window = np.asarray(image.crop(box))
     out = np.zeros((crop.crop_size, crop.crop_size, 3), np.float32)
     normalize_uint8(
         window, out=out[crop.cont_top : crop.cont_top + ch, crop.cont_left : crop.cont_left + cw]

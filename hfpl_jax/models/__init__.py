@@ -34,8 +34,10 @@ from hfpl_jax.models.deeplab import DeepLabLargeFOV
 from hfpl_jax.models.layers import (
     BATCH_NORM_MODES,
     CONV_IMPLS,
+    CONV_INITS,
     check_batch_norm_mode,
     check_conv_impl,
+    check_conv_init,
 )
 from hfpl_jax.models.resnet38 import ResNet38
 from hfpl_jax.models.resnet50_cam import ResNet50CAM
@@ -83,6 +85,7 @@ __all__ = [
     "ARCHS",
     "BATCH_NORM_MODES",
     "CONV_IMPLS",
+    "CONV_INITS",
     "AffinityNet",
     "DeepLabLargeFOV",
     "FROM_SCRATCH_PATTERNS",
@@ -116,6 +119,7 @@ def build(
     bn_momentum: float | None = None,
     dropout: bool = True,
     conv_impl: str = "auto",
+    conv_init: str = "torch",
 ) -> nn.Module:
     """Build a model.
 
@@ -139,6 +143,12 @@ def build(
         dot is much faster than its convolution, "dot" for 1x1 convolutions and the deep kxk ones
         (``k*k*C_in >= layers.AUTO_DOT_MIN_DEPTH``), "xla" for the rest; "xla" on GPU/TPU, where
         the convolution (cuDNN, the TPU's) is the fast path. See ``layers.resolve_conv_impl``.
+      conv_init: initialiser of the convolutions without one of their own (the ResNet-38
+        backbone; heads and the ResNet-50 keep their reference/torchvision initialisers), one of
+        ``CONV_INITS``: "torch" (PyTorch's default ``Conv2d`` init, U(+-1/sqrt(fan_in)), the
+        reference's, which ImageNet weights then replace) or "he_normal" (N(0, 2/fan_in), for
+        training from random weights: the "torch" variance shrinks the signal at every conv when
+        BN is frozen).
     """
     check_arch(arch)
     if not isinstance(num_classes, int) or num_classes < (0 if arch == "affinity" else 1):
@@ -149,6 +159,7 @@ def build(
     check_batch_norm_mode(batch_norm)
     momentum = _DEFAULT_BN_MOMENTUM[arch] if bn_momentum is None else float(bn_momentum)
     check_conv_impl(conv_impl)
+    check_conv_init(conv_init)
     return _MODULES[arch](
         num_classes=num_classes,
         width=float(width),
@@ -158,6 +169,7 @@ def build(
         dtype=dtype,
         dropout=bool(dropout),
         conv_impl=conv_impl,
+        conv_init=conv_init,
     )
 
 

@@ -56,6 +56,24 @@ def xavier_uniform(gain: float = 1.0) -> Initializer:
     return nn.initializers.variance_scaling(gain * gain, "fan_avg", "uniform")
 
 
+# Backbone convolution initialisers (``conv_init``): "torch" is PyTorch's default ``Conv2d`` init,
+# what the reference's backbones start from before the ImageNet weights replace it; its variance
+# 1/(3 fan_in) shrinks the signal through every conv when nothing renormalises it (frozen BN from
+# random weights), so runs from scratch use "he_normal", N(0, 2/fan_in), which keeps it O(1).
+CONV_INITS = ("torch", "he_normal")
+
+
+def check_conv_init(conv_init: str) -> None:
+    if conv_init not in CONV_INITS:
+        raise ValueError(f"conv_init must be one of {CONV_INITS}, found {conv_init!r}")
+
+
+def backbone_kernel_init(conv_init: str) -> Initializer:
+    """The kernel initialiser named by ``conv_init`` (``CONV_INITS``)."""
+    check_conv_init(conv_init)
+    return torch_default_kernel_init() if conv_init == "torch" else kaiming_normal("fan_in")
+
+
 def torch_default_bias_init(fan_in: int) -> Initializer:
     """PyTorch's default conv bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / np.sqrt(fan_in)
@@ -321,8 +339,9 @@ class BatchNorm(nn.Module):
 class LayerOptions(nn.Module):
     """Base of the blocks and models: keyword-only compute options and the layers made with them.
 
-    ``bn_momentum`` (Flax convention), ``dtype`` (compute dtype) and ``conv_impl`` (``CONV_IMPLS``)
-    go to every ``Conv2d`` / ``BatchNorm`` that ``conv`` / ``norm`` create. Call those from a
+    ``bn_momentum`` (Flax convention), ``dtype`` (compute dtype), ``conv_impl`` (``CONV_IMPLS``)
+    and ``conv_init`` (``CONV_INITS``, for convolutions given no ``kernel_init`` of their own) go
+    to every ``Conv2d`` / ``BatchNorm`` that ``conv`` / ``norm`` create. Call those from a
     ``@nn.compact`` method: the layers become children of the calling module.
     """
 
@@ -330,13 +349,17 @@ class LayerOptions(nn.Module):
     bn_momentum: float = 0.9
     dtype: Any = jnp.float32
     conv_impl: str = "auto"
+    conv_init: str = "torch"
 
     def layer_options(self) -> dict:
-        """``{"bn_momentum", "dtype", "conv_impl"}`` of this module, to pass on to a child block."""
-        return {name: getattr(self, name) for name in ("bn_momentum", "dtype", "conv_impl")}
+        """``{"bn_momentum", "dtype", "conv_impl", "conv_init"}`` of this module, to pass on to a
+        child block."""
+        return {name: getattr(self, name) for name in LAYER_OPTIONS}
 
     def conv(self, features: int, kernel_size: int = 1, stride: int = 1, **kwargs) -> Conv2d:
-        """A ``Conv2d`` in this module's dtype and conv implementation (``kwargs``: padding ...)."""
+        """A ``Conv2d`` in this module's dtype and conv implementation (``kwargs``: padding ...),
+        initialised per ``conv_init`` unless ``kwargs`` name a ``kernel_init``."""
+        kwargs.setdefault("kernel_init", backbone_kernel_init(self.conv_init))
         return Conv2d(
             features, kernel_size, stride, dtype=self.dtype, conv_impl=self.conv_impl, **kwargs
         )
@@ -346,7 +369,8 @@ class LayerOptions(nn.Module):
         return BatchNorm(momentum=self.bn_momentum, dtype=self.dtype, name=name)
 
 
-MODEL_OPTIONS = ("width", "blocks", "batch_norm", "bn_momentum", "dtype", "dropout", "conv_impl")
+LAYER_OPTIONS = ("bn_momentum", "dtype", "conv_impl", "conv_init")
+MODEL_OPTIONS = ("width", "blocks", "batch_norm", "dropout", *LAYER_OPTIONS)
 
 
 class ModelOptions(LayerOptions):
@@ -356,7 +380,7 @@ class ModelOptions(LayerOptions):
       width, blocks: model size (``scaled_channels``; blocks per stage, ``None`` = full).
       batch_norm: "frozen" or "batch" (``use_running_average``).
       dropout: False turns every dropout layer off, also when training.
-      bn_momentum, dtype, conv_impl: see ``LayerOptions``.
+      bn_momentum, dtype, conv_impl, conv_init: see ``LayerOptions``.
     """
 
     _: dataclasses.KW_ONLY

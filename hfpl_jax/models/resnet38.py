@@ -37,6 +37,7 @@ from hfpl_jax.models.layers import (
     Dropout2d,
     LayerOptions,
     ModelOptions,
+    backbone_kernel_init,
     check_batch_norm_mode,
     check_blocks,
     scaled_channels,
@@ -115,6 +116,7 @@ def resnet38_trunk(
     dtype: Any = jnp.float32,
     dropout: bool = True,
     conv_impl: str = "auto",
+    conv_init: str = "torch",
 ) -> dict:
     """Run the ResNet-38 layers, creating them in the *calling* module's scope.
 
@@ -127,6 +129,9 @@ def resnet38_trunk(
       train: enables Dropout2d in b6/b7, and batch statistics when ``batch_norm == "batch"``.
       dropout: False turns Dropout2d off even when training (parity checks, ablations).
       conv_impl: how the convolutions are computed (``layers.CONV_IMPLS``; same results).
+      conv_init: the convolutions' initialiser (``layers.CONV_INITS``): "torch", PyTorch's default
+        (the reference's, before ImageNet weights replace it), or "he_normal" for runs from
+        random weights.
 
     Returns:
       ``{"conv3": (N, ceil(H/4), ceil(W/4), 256w), "conv4": (N, h, w, 512w),
@@ -136,9 +141,10 @@ def resnet38_trunk(
     blocks = check_blocks(blocks, FULL_BLOCKS, "resnet38")
     running = use_running_average(batch_norm, train)
     c = lambda n: scaled_channels(n, width)  # noqa: E731
-    common = dict(bn_momentum=bn_momentum, dtype=dtype, conv_impl=conv_impl)
+    common = dict(bn_momentum=bn_momentum, dtype=dtype, conv_impl=conv_impl, conv_init=conv_init)
 
-    x = Conv2d(c(64), 3, padding=1, dtype=dtype, conv_impl=conv_impl, name="conv1a")(x)
+    x = Conv2d(c(64), 3, padding=1, dtype=dtype, conv_impl=conv_impl,
+               kernel_init=backbone_kernel_init(conv_init), name="conv1a")(x)  # fmt: skip
     taps = {}
     # (stage, mid, out, first-block stride, first-block first dilation, dilation)
     stages = [

@@ -522,6 +522,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
         dtype=COMPUTE_DTYPES[dtype_name],
         batch_norm=config.model.batch_norm,
         dropout=config.model.dropout,
+        conv_init=config.model.conv_init,
     )
 
 

@@ -25,6 +25,9 @@ Fields
                                while training; the running averages move by branch 1's batch only).
                                An option for runs from random weights, where frozen BN is the
                                identity; BN's scale/bias still follow ``optim.frozen``.
+``model.conv_init``            "torch" (PyTorch's default conv init, the reference's; ImageNet
+                               weights replace it) or "he_normal" (N(0, 2/fan_in): for runs from
+                               random weights, where "torch" shrinks the signal at every conv).
 ``model.dropout``              True (the reference): Dropout2d in b6/b7 and before fc8 while
                                training; False turns every dropout layer off.
 ``model.compute_dtype``        "float32" or "bfloat16" activations; parameters stay float32 and the
@@ -106,6 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.blocks = config_dict.placeholder(tuple)
     config.model.batch_norm = "frozen"
     config.model.dropout = True
+    config.model.conv_init = "torch"
     config.model.compute_dtype = "float32"
     config.model.init_weights = ""
 
