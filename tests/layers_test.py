@@ -179,3 +179,33 @@ def test_dot_backward_keeps_convolution_memory():
 
     growth = {impl: temp_bytes(impl, 9) - temp_bytes(impl, 3) for impl in ("xla", "dot")}
     assert growth["dot"] <= growth["xla"] + patch_bytes, growth
+
+
+def test_conv_init_sets_the_backbone_initialiser_and_keeps_the_heads():
+    """conv_init="torch": U(+-1/sqrt(fan_in)) (variance 1/(3 fan_in)); "he_normal": N(0,
+    2/fan_in). Heads keep their own initialisers either way (fc8: Xavier, gain 1)."""
+    size = dict(width=0.5, blocks=(1, 1, 1, 1))
+    torch_init = models.init_variables("seam", 20, jax.random.key(0), **size)["params"]
+    he_init = models.init_variables("seam", 20, jax.random.key(0), conv_init="he_normal", **size)[
+        "params"
+    ]
+    for path in (("b4", "conv_branch2a"), ("b7", "conv_branch2b1"), ("conv1a",)):
+        kernel_torch, kernel_he = torch_init, he_init
+        for key in path:
+            kernel_torch, kernel_he = kernel_torch[key], kernel_he[key]
+        kernel_torch, kernel_he = (
+            np.asarray(kernel_torch["kernel"]),
+            np.asarray(kernel_he["kernel"]),
+        )
+        fan_in = int(np.prod(kernel_torch.shape[:3]))
+        bound = 1.0 / np.sqrt(fan_in)
+        assert np.abs(kernel_torch).max() <= bound
+        # Sample variances of >= 1,728 draws: within 15% of the stated variance.
+        assert abs(kernel_torch.var() * 3 * fan_in - 1) < 0.15, path
+        assert abs(kernel_he.var() * fan_in / 2 - 1) < 0.15, path
+        assert np.abs(kernel_he).max() > 2 * bound  # untruncated normal, wider than torch's
+    np.testing.assert_array_equal(he_init["fc8"]["kernel"].shape, torch_init["fc8"]["kernel"].shape)
+    xavier = np.sqrt(6 / (torch_init["fc8"]["kernel"].shape[2] + 21))
+    assert np.abs(np.asarray(he_init["fc8"]["kernel"])).max() <= xavier
+    with pytest.raises(ValueError, match="conv_init must be one of"):
+        models.build("seam", 20, conv_init="xavier")
