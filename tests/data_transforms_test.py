@@ -52,6 +52,23 @@ def test_resize_long_rounds_half_to_even():
     assert transforms.resize_long_size(40, 40, 33) == (33, 33)  # square: landscape branch
 
 
+def test_normalisation_of_every_level_into_any_output_view():
+    """Every uint8 level of every channel gives float32((x / 255 - mean) / std) computed in
+    float64, also when written into a strided window of a larger array (the padded crop)."""
+    from hfpl_jax.image_ops import IMAGENET_MEAN, IMAGENET_STD
+
+    levels = np.arange(256, dtype=np.uint8)
+    image = np.stack([levels, levels[::-1], np.roll(levels, 77)], -1).reshape(16, 16, 3)
+    want = ((image / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).astype(np.float32)
+    np.testing.assert_array_equal(transforms.normalize_uint8(image), want)
+    padded = np.zeros((20, 25, 3), np.float32)
+    result = transforms.normalize_uint8(image, out=padded[3:19, 5:21])
+    assert np.shares_memory(result, padded)
+    np.testing.assert_array_equal(padded[3:19, 5:21], want)
+    assert not padded[:3].any() and not padded[:, :5].any() and not padded[:, 21:].any()
+    np.testing.assert_array_equal(transforms.normalize_uint8(image[:, ::-1]), want[:, ::-1])
+
+
 def test_cam_crop_matches_reference(golden):
     out = transforms.crop_and_pad(golden["crop_input"], _crop(golden["crop_params"]), 0.0)
     np.testing.assert_array_equal(out, golden["crop_output"])

@@ -37,9 +37,10 @@ IGNORE_LABEL = 255
 # Normalisation
 
 
-# Per-channel float32 tables of hfpl_jax.image_ops (float64 maths, one cast): table lookups with
-# uint8 indices, one channel at a time, are about twice as fast as a fancy-indexed (H, W, 3) gather.
-_NORMALIZE_TABLES = tuple(np.ascontiguousarray(t) for t in normalization_table().T)
+# The float32 tables of hfpl_jax.image_ops (float64 maths, one cast), one per channel, as a
+# (256, 1, 3) lookup table for ``cv2.LUT``: a pure lookup (so the same bytes), about twice as
+# fast as NumPy's per-channel ``np.take``.
+_NORMALIZE_LUT = np.ascontiguousarray(normalization_table()[:, None, :])
 
 
 def normalize_uint8(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -49,13 +50,17 @@ def normalize_uint8(image: np.ndarray, out: np.ndarray | None = None) -> np.ndar
     Bit-identical to ``hfpl_jax.image_ops.normalize_image``; ``out`` (float32, same shape, may be a
     view) receives the result in place.
     """
+    import cv2
+
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"expected (H, W, 3) uint8, got {image.dtype} {image.shape}")
     if out is None:
-        out = np.empty(image.shape, np.float32)
-    for channel, table in enumerate(_NORMALIZE_TABLES):
-        out[..., channel] = np.take(table, image[..., channel])
+        return cv2.LUT(image, _NORMALIZE_LUT)
+    # OpenCV writes into ``out`` when its layout allows and returns a new array otherwise.
+    result = cv2.LUT(image, _NORMALIZE_LUT, dst=out)
+    if not np.shares_memory(result, out):
+        out[...] = result
     return out
 
 
