@@ -5,8 +5,8 @@
 What it does:
 1. Writes ``--num-images`` VOC-like 500x375 JPEGs (the shapes generator at that size, saved at
    quality 92) into a tiny ``VOCdevkit/VOC2012`` folder and builds ``voc2012_wsss`` from it.
-2. Profiles one CAM-training example stage by stage (decode, resize, flip, colour jitter,
-   normalise + crop) in this process.
+2. Profiles one CAM-training example stage by stage (decode, resize, flip, colour jitter of the
+   crop window, normalisation into the padded crop) in this process.
 3. Times ``make_cam_train_iterator`` (batch 8, crop 448, resize_long (448, 768), flip, jitter
    (0.3, 0.3, 0.3, 0.1): the reference's settings) for several ``worker_count`` / ``read_threads``
    settings: images/s after warm-up, and images/s per CPU core the setting keeps busy
@@ -89,15 +89,16 @@ def _profile_stages(data_dir: str, count: int) -> dict[str, float]:
         if params.flip:
             resized = transforms.hflip_pil(resized)
         t3 = time.perf_counter()
-        jittered = transforms.color_jitter(resized, params.jitter)
-        t4 = time.perf_counter()
-        # cam_train_transform's last step alone: crop the uint8 window, normalise it in place.
-        array = np.asarray(jittered)
+        # As cam_train_transform: the jitter yields the crop window (pointwise operations run on
+        # the window, see transforms.color_jitter), which is normalised into the padded output.
         crop = params.crop
-        ch, cw = min(448, array.shape[0]), min(448, array.shape[1])
+        ch, cw = min(448, resized.height), min(448, resized.width)
+        box = (crop.img_left, crop.img_top, crop.img_left + cw, crop.img_top + ch)
+        window = np.asarray(transforms.color_jitter(resized, params.jitter, box))
+        t4 = time.perf_counter()
         out = np.zeros((448, 448, 3), np.float32)
         transforms.normalize_uint8(
-            array[crop.img_top : crop.img_top + ch, crop.img_left : crop.img_left + cw],
+            window,
             out=out[crop.cont_top : crop.cont_top + ch, crop.cont_left : crop.cont_left + cw],
         )
         t5 = time.perf_counter()

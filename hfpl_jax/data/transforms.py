@@ -215,7 +215,7 @@ def _hsv_tables() -> dict[str, np.ndarray]:
     # Table of each pixel from the bits r==max | g==max << 1 | r==min << 2 | g==min << 3 |
     # b==min << 4: the max case (r first, then g, then b, PIL's order of tests) and whether its
     # w channel (not u) is the min.
-    hue_table = np.zeros(32, np.uint8)
+    hue_table = np.zeros(256, np.uint8)  # 32 used; cv2.LUT takes 256-entry tables
     for bits in range(32):
         is_max = (bits & 1, bits >> 1 & 1)
         is_min = (bits >> 2 & 1, bits >> 3 & 1, bits >> 4 & 1)
@@ -226,7 +226,7 @@ def _hsv_tables() -> dict[str, np.ndarray]:
         "hue": hue.reshape(-1),
         "hue_table": hue_table,
         "sat": sat.astype(np.uint8).reshape(-1),
-        "sextant": sextant.astype(np.uint8),
+        "roles": np.ascontiguousarray(_SEXTANT_ROLES[:, sextant]),  # [channel, h]
         "p": np.clip(p, 0, 255).astype(np.uint8).reshape(-1),
         # [h, s]: (1 - fs f) or (1 - fs (1 - f)), rounded to float32
         "middle_factor": middle.astype(np.float32).reshape(-1),
@@ -235,6 +235,8 @@ def _hsv_tables() -> dict[str, np.ndarray]:
 
 def _rgb_planes_to_hsv(r, g, b):
     """Contiguous uint8 planes -> PIL's (h, s, v) planes (see the notes above)."""
+    import cv2  # cv2.LUT: 256-entry lookups, several times faster than np.take on uint8
+
     tables = _hsv_tables()
     maxc = np.maximum(np.maximum(r, g), b)
     minc = np.minimum(np.minimum(r, g), b)
@@ -245,7 +247,7 @@ def _rgb_planes_to_hsv(r, g, b):
     key = (r == maxc).view(np.uint8) | ((g == maxc).view(np.uint8) << 1)
     key |= ((r == minc).view(np.uint8) << 2) | ((g == minc).view(np.uint8) << 3)
     key |= (b == minc).view(np.uint8) << 4
-    table = np.take(tables["hue_table"], key).astype(np.int32)
+    table = cv2.LUT(key, tables["hue_table"]).astype(np.int32)
     cr_index = cr.astype(np.int32) << 8
     hue = np.take(tables["hue"], (table << 16) | cr_index | (maxc - middle))
     sat = np.take(tables["sat"], cr_index | maxc)
@@ -254,6 +256,8 @@ def _rgb_planes_to_hsv(r, g, b):
 
 def _hsv_planes_to_rgb(h, s, v):
     """PIL's (h, s, v) uint8 planes -> (R, G, B) planes (see the notes above)."""
+    import cv2
+
     tables = _hsv_tables()
     s_index = s.astype(np.int32)
     low = np.take(tables["p"], (s_index << 8) | v)
@@ -261,10 +265,9 @@ def _hsv_planes_to_rgb(h, s, v):
     # Round half up of a value >= 0: truncate after adding 0.5. float32 gives PIL's double result
     # on every (h, s, v) (the tests check all 2^24).
     middle = (v.astype(np.float32) * factor + np.float32(0.5)).astype(np.uint8)
-    sextant = np.take(tables["sextant"], h)
     planes = []
-    for roles in _SEXTANT_ROLES:
-        role = np.take(roles, sextant)
+    for roles in tables["roles"]:  # role of v / middle / low in each output channel, by h
+        role = cv2.LUT(h, roles)
         # Select by bit masks (0x00 / 0xFF): cheaper than nested np.where on uint8 planes.
         pick_v = np.negative((role == 0).view(np.uint8))
         pick_middle = np.negative((role == 1).view(np.uint8))
