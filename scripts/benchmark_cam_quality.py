@@ -23,7 +23,6 @@ Printed: mIoU at every tenth threshold, the best threshold and its per-class IoU
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -171,10 +170,9 @@ def main() -> None:
         print(f"{'':>7}  best {r['best_miou']:.3f} at t = {r['best_threshold']:.2f}; per class: "
               + ", ".join(f"{n} {v:.2f}" for n, v in zip(names, r["best_iou_per_class"],
                                                           strict=True)))  # fmt: skip
-    tmp = args.json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, args.json)
+    from hfpl_jax.train.observability import write_json_atomic
+
+    write_json_atomic(args.json, result)
     print(f"wrote {args.json}")
 
 
