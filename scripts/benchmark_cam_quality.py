@@ -71,15 +71,14 @@ def iou_from_confusion(confusion: np.ndarray) -> np.ndarray:
 
 def evaluate(workdir: str, split: str, scales: tuple[float, ...], max_images: int | None):
     import jax
-    import ml_collections
     from PIL import Image
 
     from hfpl_jax import checkpoint, data
     from hfpl_jax.data import transforms
     from hfpl_jax.image_ops import resize_bilinear
-    from hfpl_jax.train import cam
+    from hfpl_jax.train import cam, cam_config
 
-    config = ml_collections.ConfigDict(checkpoint.load_config_json(workdir))
+    config = cam_config.restore_config(checkpoint.load_config_json(workdir))
     variables = checkpoint.load_variables(workdir)
     data_dir = cam.resolve_data_dir(config.input.data_dir)
     kwargs = dict(config.input.builder_kwargs)

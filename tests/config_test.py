@@ -133,3 +133,16 @@ def test_config_argument_is_passed(tmp_path):
     )
     assert config_utils.load_config(str(path)).name == "default"
     assert config_utils.load_config(f"{path}:small").name == "small"
+
+
+def test_restore_config_fills_fields_newer_than_the_saved_run():
+    from hfpl_jax.train import cam_config
+
+    saved = cam_config.base_config().to_dict()
+    del saved["model"]["dropout"], saved["model"]["conv_init"]  # a run written before they existed
+    saved["model"]["width"] = 0.25
+    saved["optim"]["lr"] = 0.003
+    config = cam_config.restore_config(saved)
+    assert config.model.dropout is True and config.model.conv_init == "torch"
+    assert config.model.width == 0.25 and config.optim.lr == 0.003
+    assert config.model.arch == "seam"

@@ -64,6 +64,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
@@ -192,3 +194,14 @@ def load_sibling_config(config_file: str, name: str) -> ml_collections.ConfigDic
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
+
+
+def restore_config(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A run's saved config (its ``config.json``, or ``checkpoint.load_config_json``) as a
+    ConfigDict, over :func:`base_config`: fields added to the code after the run was written take
+    their defaults, which keep the behaviour the run had (e.g. ``model.dropout``,
+    ``model.conv_init``); the saved values override everything else.
+    """
+    config = base_config()
+    config.update(dict(saved))
+    return config
