@@ -368,10 +368,9 @@ def _jitter_factor(params: ColorJitterParams, op: int) -> float | None:
 
 
 def _jitter_op(image: Image.Image, op: int, params: ColorJitterParams) -> Image.Image:
+    """A pointwise jitter operation: 0 brightness, 2 saturation, 3 hue (contrast: ``_contrast``)."""
     if op == 0:
         return ImageEnhance.Brightness(image).enhance(params.brightness)
-    if op == 1:
-        return ImageEnhance.Contrast(image).enhance(params.contrast)
     if op == 2:
         return ImageEnhance.Color(image).enhance(params.saturation)
     return adjust_hue(image, params.hue)

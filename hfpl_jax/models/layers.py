@@ -59,7 +59,7 @@ def xavier_uniform(gain: float = 1.0) -> Initializer:
 # Backbone convolution initialisers (``conv_init``): "torch" is PyTorch's default ``Conv2d`` init,
 # what the reference's backbones start from before the ImageNet weights replace it; its variance
 # 1/(3 fan_in) shrinks the signal through every conv when nothing renormalises it (frozen BN from
-# random weights), so runs from scratch use "he_normal", N(0, 2/fan_in), which keeps it O(1).
+# random weights); "he_normal", N(0, 2/fan_in), which keeps it O(1), is the option for such runs.
 CONV_INITS = ("torch", "he_normal")
 
 
