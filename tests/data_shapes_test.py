@@ -292,6 +292,45 @@ def test_training_process_never_imports_tensorflow_and_workers_agree(data_dir):
     assert "OK" in result.stdout
 
 
+def test_first_reads_from_many_threads_open_the_source_once(data_dir):
+    """A fresh interpreter (tensorflow_datasets not imported yet, as in a spawned grain worker)
+    reads one split from 8 threads at once: all finish, on one shared data source."""
+    script = textwrap.dedent(
+        f"""
+        import threading
+        from hfpl_jax.data import sources
+
+        source = sources.RawSource(
+            sources.dataset_dir("hfpl_shapes", {data_dir!r}, **{TINY!r}), "train"
+        )
+        seen, start = [], threading.Barrier(8)
+
+        def read(i):
+            start.wait()
+            example = source[i]
+            seen.append((id(source._source), len(example["image"]) > 0))
+
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads), "a reader hung"
+        assert len(seen) == 8 and len({{s for s, _ in seen}}) == 1 and all(ok for _, ok in seen)
+        print("OK")
+        """
+    )
+    path = os.path.join(data_dir, "threads_open_check.py")
+    with open(path, "w") as f:
+        f.write(script)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    result = subprocess.run(
+        [sys.executable, path], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OK" in result.stdout
+
+
 def _ensure_built_in_subprocess(directory):
     from hfpl_jax import data as data_module
 

@@ -13,6 +13,7 @@ import dataclasses
 import io
 import json
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -196,6 +197,9 @@ def _as_str(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+_OPEN_LOCK = threading.Lock()
+
+
 class RawSource(Sequence):
     """Random access to one split with images and masks still encoded.
 
@@ -211,18 +215,25 @@ class RawSource(Sequence):
 
     def _open(self):
         if self._source is None:
-            import tensorflow_datasets as tfds
-
-            builder = tfds.builder_from_directory(self.directory)
-            if self.split not in builder.info.splits:
-                raise ValueError(
-                    f"{self.directory} has splits {sorted(builder.info.splits)}, got {self.split!r}"
-                )
-            skip = tfds.decode.SkipDecoding()
-            self._source = builder.as_data_source(
-                self.split, decoders={"image": skip, "mask": skip}
-            )
+            # One thread opens; grain's read threads all call this first thing in a fresh worker.
+            # Unserialised, two of them importing tensorflow_datasets at once can deadlock on
+            # Python 3.11 (its lazy modules' functools.cached_property lock against the import
+            # lock), which hung a 2-worker pipeline in the tests.
+            with _OPEN_LOCK:
+                if self._source is None:
+                    self._source = self._open_data_source()
         return self._source
+
+    def _open_data_source(self):
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder_from_directory(self.directory)
+        if self.split not in builder.info.splits:
+            raise ValueError(
+                f"{self.directory} has splits {sorted(builder.info.splits)}, got {self.split!r}"
+            )
+        skip = tfds.decode.SkipDecoding()
+        return builder.as_data_source(self.split, decoders={"image": skip, "mask": skip})
 
     def __len__(self) -> int:
         return len(self._open())
