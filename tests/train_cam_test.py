@@ -317,6 +317,9 @@ def test_unknown_batch_norm_mode_names_the_field(shapes_dir):  # noqa: F811
     config = tiny_config(shapes_dir, **{"model.batch_norm": "sync"})
     with pytest.raises(ValueError, match=r"model\.batch_norm.*'sync'"):
         cam.build_model(config, 6)
+    config = tiny_config(shapes_dir, **{"model.conv_init": "xavier"})
+    with pytest.raises(ValueError, match=r"model\.conv_init.*'xavier'"):
+        cam.build_model(config, 6)
 
 
 def test_bfloat16_compute_keeps_float32_parameters(shapes_dir):  # noqa: F811

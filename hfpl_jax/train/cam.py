@@ -503,16 +503,14 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
     reference's CAM stage) or "batch" (see :func:`cam_loss_and_batch_stats`)."""
     from hfpl_jax import models  # noqa: PLC0415
 
-    if config.model.batch_norm not in models.BATCH_NORM_MODES:
-        raise ValueError(
-            f"model.batch_norm must be one of {models.BATCH_NORM_MODES}, "
-            f"found {config.model.batch_norm!r}."
-        )
+    for key, allowed in (
+        ("batch_norm", models.BATCH_NORM_MODES),
+        ("conv_init", models.CONV_INITS),
+        ("compute_dtype", tuple(COMPUTE_DTYPES)),
+    ):
+        if config.model[key] not in allowed:
+            raise ValueError(f"model.{key} must be one of {allowed}, found {config.model[key]!r}.")
     dtype_name = config.model.compute_dtype
-    if dtype_name not in COMPUTE_DTYPES:
-        raise ValueError(
-            f"model.compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, found {dtype_name!r}."
-        )
     blocks = config.model.blocks
     return models.build(
         config.model.arch,
