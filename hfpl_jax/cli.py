@@ -29,6 +29,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "hfpl_jax.train.cam:main",
         "Train the CAM network (SEAM + HFPL ISL/FSL) from a config file.",
     ),
+    "infer-cam": (
+        "hfpl_jax.inference.cam_run:main",
+        "Multi-scale CAMs and CRF marginals of a train-cam workdir over a dataset split.",
+    ),
 }
 
 

@@ -48,27 +48,28 @@ def scaled_size(n: int, scale: float) -> int:
     return int(math.floor(float(n) * float(scale)))
 
 
-def interpolation_matrix(
+def linear_taps(
     n_in: int,
     n_out: int,
     *,
     align_corners: bool,
     scale_factor: float | None = None,
     dtype=np.float32,
-) -> np.ndarray:
-    """``(n_out, n_in)`` matrix ``M`` (``dtype``) with ``out = M @ x``: 1-D linear interpolation.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The two taps of 1-D linear interpolation: ``out[i] = w0[i] * x[i0[i]] + w1[i] * x[i1[i]]``.
 
-    Row ``i`` holds ``w0[i]`` at column ``i0[i]`` and ``w1[i]`` at ``i1[i]`` (summed when equal),
-    with the source coordinate, indices and weights of the module docstring, computed in ``dtype``:
-    float32 like PyTorch's kernels for float32 (and half) tensors, float64 for float64 tensors.
-    When ``n_in == n_out`` it is the identity (PyTorch copies the input whenever the sizes agree,
-    even for a scale factor != 1).
+    Returns ``(i0, i1, w0, w1)``, each ``(n_out,)``: int64 source indices and ``dtype`` weights,
+    with the source coordinate of the module docstring computed in ``dtype`` (float32 like
+    PyTorch's kernels for float32 tensors). When ``n_in == n_out`` the taps are the identity
+    (``i0 = i1 = i``, ``w0 = 1``, ``w1 = 0``): PyTorch copies the input whenever the sizes agree,
+    even for a scale factor != 1.
     """
     if n_in < 1 or n_out < 1:
         raise ValueError(f"resize: sizes must be >= 1, found input {n_in} and output {n_out}")
-    if n_in == n_out:
-        return np.eye(n_out, dtype=dtype)
     f32 = np.dtype(dtype).type
+    if n_in == n_out:
+        index = np.arange(n_out, dtype=np.int64)
+        return index, index.copy(), np.ones(n_out, dtype), np.zeros(n_out, dtype)
     dst = np.arange(n_out, dtype=f32)
     if align_corners:
         scale = f32(n_in - 1) / f32(n_out - 1) if n_out > 1 else f32(0.0)
@@ -84,6 +85,27 @@ def interpolation_matrix(
     i1 = np.minimum(i0 + 1, n_in - 1)
     w1 = np.clip(src - i0.astype(f32), f32(0.0), f32(1.0)).astype(f32)
     w0 = (f32(1.0) - w1).astype(f32)
+    return i0, i1, w0, w1
+
+
+def interpolation_matrix(
+    n_in: int,
+    n_out: int,
+    *,
+    align_corners: bool,
+    scale_factor: float | None = None,
+    dtype=np.float32,
+) -> np.ndarray:
+    """``(n_out, n_in)`` matrix ``M`` (``dtype``) with ``out = M @ x``: 1-D linear interpolation.
+
+    Row ``i`` holds ``w0[i]`` at column ``i0[i]`` and ``w1[i]`` at ``i1[i]`` (summed when equal),
+    the taps of :func:`linear_taps`, computed in ``dtype``: float32 like PyTorch's kernels for
+    float32 (and half) tensors, float64 for float64 tensors. When ``n_in == n_out`` it is the
+    identity (PyTorch copies the input whenever the sizes agree, even for a scale factor != 1).
+    """
+    i0, i1, w0, w1 = linear_taps(
+        n_in, n_out, align_corners=align_corners, scale_factor=scale_factor, dtype=dtype
+    )
     matrix = np.zeros((n_out, n_in), dtype)
     rows = np.arange(n_out)
     np.add.at(matrix, (rows, i0), w0)

@@ -587,11 +587,14 @@ class MsfExample:
         }
 
 
-def make_msf_inference_iterator(input_config, *, process_index: int = 0, process_count: int = 1):
+def make_msf_inference_iterator(
+    input_config, *, process_index: int = 0, process_count: int = 1, indices=None
+):
     """One element per image of this process's shard, in split order.
 
     Process ``p`` of ``P`` gets examples p, p + P, p + 2P, ...: disjoint shards that together cover
-    the split exactly once (no example dropped or repeated).
+    the split exactly once (no example dropped or repeated). ``indices`` instead names the
+    examples to read, in that order (e.g. a shard sorted by image size, less finished images).
 
     input_config fields: ``dataset``, ``data_dir``, ``split``, ``method`` ("cam": PIL bicubic on
     the uint8 image, then float64 normalisation (§4); "seg": float32 ``ImageNorm`` then OpenCV cubic
@@ -613,7 +616,14 @@ def make_msf_inference_iterator(input_config, *, process_index: int = 0, process
         scales=_get(input_config, "scales", default_scales),
         flip=_get(input_config, "flip", True),
     )
-    dataset = grain.MapDataset.range(len(raw))[process_index::process_count].map(example_fn)
+    if indices is None:
+        dataset = grain.MapDataset.range(len(raw))[process_index::process_count]
+    else:
+        indices = [int(i) for i in indices]
+        if any(not 0 <= i < len(raw) for i in indices):
+            raise ValueError(f"indices must lie in [0, {len(raw)}) for split {raw.split!r}")
+        dataset = grain.MapDataset.source(indices)
+    dataset = dataset.map(example_fn)
     return _iterate(
         dataset,
         num_threads=_threads(input_config),
