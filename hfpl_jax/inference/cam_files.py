@@ -128,8 +128,11 @@ def write_outputs(out_dir: str, name: str, record: CamRecord, formats) -> list[s
             "labels": np.asarray(record.labels, np.float32),
             "scores": np.asarray(record.scores, np.float32),
             "crf_alphas": np.asarray(alphas, np.float32),
-            "crf": np.asarray(record.crf, np.float32).reshape(len(alphas), -1, *record.cams.shape[1:]),
+            "crf": np.asarray(record.crf, np.float32),
         }
+        problem = _structure_problem({k: (v.shape, v.dtype) for k, v in arrays.items()})
+        if problem is not None:
+            raise ValueError(f"CAM record of {name!r} is inconsistent: {problem}")
         with _atomic_open(next(written)) as f:
             np.savez_compressed(f, **arrays)
     if "reference" in formats:
