@@ -97,6 +97,24 @@ def loop_statements(source: str, path: str) -> ast.Module:
     )
 
 
+def inference_loop_statements(source: str, path: str) -> ast.Module:
+    """The body of ``infer_cam_voc.py``'s ``for iter, (img_name, img_list, label) in ...`` loop.
+
+    Raises:
+      ValueError: ``source`` (read from ``path``) has no such loop.
+    """
+    for node in ast.walk(ast.parse(source)):
+        if (
+            isinstance(node, ast.For)
+            and isinstance(node.target, ast.Tuple)
+            and len(node.target.elts) == 2
+            and getattr(node.target.elts[0], "id", None) == "iter"
+            and isinstance(node.target.elts[1], ast.Tuple)
+        ):
+            return ast.Module(body=node.body, type_ignores=[])
+    raise ValueError(f"{path}: the inference loop 'for iter, (img_name, ...) in ...' is missing")
+
+
 def module_functions(source: str, names: tuple[str, ...], path: str) -> ast.Module:
     """The top-level ``def`` statements of ``source`` named ``names`` (all must exist)."""
     defs = [n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name in names]

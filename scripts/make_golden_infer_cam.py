@@ -26,7 +26,6 @@ passed to ``crf_inference``.
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import io
 import os
@@ -36,7 +35,7 @@ import types
 
 import numpy as np
 
-from hfpl_jax.reference import import_reference
+from hfpl_jax.reference import import_reference, inference_loop_statements
 
 IMAGE_NAME = "2007_000000"
 IMAGE_WH = (21, 27)  # PIL (width, height): scales give 10x14 (round-half-even), 32x40, ...
@@ -44,20 +43,10 @@ LABELS = (3, 7, 15)
 SEED = 0
 
 
-def loop_body(source: str, path: str) -> ast.Module:
-    """The statements of ``for iter, (img_name, img_list, label) in ...`` in ``source``."""
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.For) and isinstance(node.target, ast.Tuple):
-            names = [getattr(e, "id", None) for e in node.target.elts]
-            if names[0] == "iter" and isinstance(node.target.elts[1], ast.Tuple):
-                return ast.Module(body=node.body, type_ignores=[])
-    raise ValueError(f"{path}: the inference loop 'for iter, (img_name, ...) in ...' is missing")
-
-
 def synthetic_image() -> np.ndarray:
-    from hfpl_jax.data.fake_data import synthetic_image_and_mask
-
     from PIL import Image
+
+    from hfpl_jax.data.fake_data import synthetic_image_and_mask
 
     # The shapes generator draws at >= 32 px; halve a 42x54 drawing.
     image, _ = synthetic_image_and_mask(1, (2 * IMAGE_WH[0], 2 * IMAGE_WH[1]), 20, seed=SEED)
@@ -93,7 +82,9 @@ def make(reference: str, out: str) -> None:
 
     torch.set_num_threads(1)
     net = seam_module.Net()
-    state = {k: torch.from_numpy(np.array(v)) for k, v in seeded_state_dict("seam", SEED, 20).items()}
+    state = {
+        k: torch.from_numpy(np.array(v)) for k, v in seeded_state_dict("seam", SEED, 20).items()
+    }
     missing, unexpected = net.load_state_dict(state, strict=True)
     assert not missing and not unexpected
     net.eval()
@@ -119,7 +110,7 @@ def make(reference: str, out: str) -> None:
 
         path = os.path.join(os.path.abspath(reference), "infer_cam_voc.py")
         with open(path) as f:
-            body = compile(loop_body(f.read(), path), path, "exec")
+            body = compile(inference_loop_statements(f.read(), path), path, "exec")
         crf_inputs = {}
 
         def recording_crf(img, probs, labels, t=10, scale_factor=1):

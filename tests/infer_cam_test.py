@@ -8,6 +8,7 @@ golden fixture ``golden_infer_cam.npz`` from the official script's own loop body
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from train_cam_helpers import shapes_dir  # noqa: F401 - a fixture
 
 from hfpl_jax.inference import cam, cam_files, cam_run
 
@@ -133,7 +135,9 @@ def test_fusion_matches_float64_reference_with_absent_classes():
     expected = fuse64(maps, hws, labels, image_hw)
     # Normalised values: float32 sums of 8 maps (relative error ~8 ulps), divided by hi - lo.
     np.testing.assert_allclose(ours, expected, atol=2e-5)
-    assert np.all(np.moveaxis(ours, 3, 1)[labels == 0] == -1.0)  # absent: (0 - 0 - 1e-5) / (0 - 0 + 1e-5)
+    assert np.all(
+        np.moveaxis(ours, 3, 1)[labels == 0] == -1.0
+    )  # absent: (0 - 0 - 1e-5) / (0 - 0 + 1e-5)
 
 
 def test_normalisation_is_the_scripts_float32_arithmetic_bit_for_bit():
@@ -320,7 +324,9 @@ def test_network_maps_of_seam_are_its_cam_rv_before_upsampling():
     from hfpl_jax.image_ops import resize_bilinear
 
     model = models.build("seam", 3, width=0.0625, blocks=(1, 1, 1, 1))
-    variables = models.init_variables("seam", 3, jax.random.key(1), width=0.0625, blocks=(1, 1, 1, 1))
+    variables = models.init_variables(
+        "seam", 3, jax.random.key(1), width=0.0625, blocks=(1, 1, 1, 1)
+    )
     x = jnp.asarray(np.random.default_rng(8).normal(size=(1, 24, 31, 3)), jnp.float32)
 
     @jax.jit
@@ -409,7 +415,9 @@ def test_files_round_trip_in_both_formats(tmp_path):
 
 
 def test_corrupt_or_foreign_files_are_refused(tmp_path):
-    path = cam_files.write_outputs(str(tmp_path), "a", _record(np.random.default_rng(12)), ("npz",))[0]
+    path = cam_files.write_outputs(
+        str(tmp_path), "a", _record(np.random.default_rng(12)), ("npz",)
+    )[0]
     data = open(path, "rb").read()
     truncated = tmp_path / "b.npz"
     truncated.write_bytes(data[: len(data) // 2])
@@ -425,7 +433,9 @@ def test_corrupt_or_foreign_files_are_refused(tmp_path):
         cam_files.read_cam_file(str(tmp_path / "nothing.npz"))
     with pytest.raises(ValueError, match="inconsistent"):
         bad = _record(np.random.default_rng(13))
-        cam_files.write_outputs(str(tmp_path), "d", bad.__class__(**{**bad.__dict__, "crf": bad.crf[:, :2]}), ("npz",))  # noqa: E501
+        cam_files.write_outputs(
+            str(tmp_path), "d", bad.__class__(**{**bad.__dict__, "crf": bad.crf[:, :2]}), ("npz",)
+        )  # noqa: E501
     with pytest.raises(ValueError, match="file name"):
         cam_files.output_paths(str(tmp_path), "../x", ("npz",), ())
 
@@ -435,26 +445,29 @@ def test_corrupt_or_foreign_files_are_refused(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cam_workdir(tmp_path_factory):
+def cam_workdir(shapes_dir, tmp_path_factory):  # noqa: F811
     from train_cam_helpers import TINY_DATA, tiny_config
 
-    from hfpl_jax import checkpoint, data, models
+    from hfpl_jax import data
 
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    data.ensure_built("hfpl_shapes", data_dir, **TINY_DATA)
-    config = tiny_config(data_dir)
-    num_classes = data.num_classes("hfpl_shapes", data_dir, **TINY_DATA)
+    config = tiny_config(shapes_dir)
+    num_classes = data.num_classes("hfpl_shapes", shapes_dir, **TINY_DATA)
     workdir = str(tmp_path_factory.mktemp("run"))
-    _save_checkpoint(workdir, config.to_dict(), "seam", num_classes)
-    return {"workdir": workdir, "data_dir": data_dir, "num_classes": num_classes,
+    _save_checkpoint(workdir, config.to_dict(), "seam", num_classes, random=True)
+    return {"workdir": workdir, "data_dir": shapes_dir, "num_classes": num_classes,
             "config": config}  # fmt: skip
 
 
-def _save_checkpoint(workdir, config_dict, arch, num_classes, **size):
+def _save_checkpoint(workdir, config_dict, arch, num_classes, random=False, **size):
+    """A checkpoint of ``arch`` (random weights, or zeros of the right shapes: no compilation)."""
     from hfpl_jax import checkpoint, models
 
     size = size or {"width": 0.125, "blocks": (1, 1, 1, 1)}
-    variables = models.init_variables(arch, num_classes, jax.random.key(0), **size)
+    init = functools.partial(models.init_variables, arch, num_classes, jax.random.key(0), **size)
+    if random:
+        variables = init()
+    else:
+        variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(init))
     manager = checkpoint.CheckpointManager(workdir, async_save=False)
     manager.save(1, params=variables["params"], batch_stats=variables["batch_stats"],
                  opt_state={"count": np.zeros(1)}, train_meta={"step": np.int32(1)},

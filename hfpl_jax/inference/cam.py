@@ -1,4 +1,4 @@
-"""Multi-scale + flip CAM inference, as the reference's ``infer_cam_voc.py`` / ``infer_cam_coco.py``.
+"""Multi-scale + flip CAM inference, as the reference's ``infer_cam_voc.py``/``infer_cam_coco.py``.
 
 For an image of size ``(H, W)`` with image-level labels ``y`` (``K`` classes) and scales
 ``s in (0.5, 1.0, 1.5, 2.0)``, the inputs are ``x_s`` (PIL bicubic to ``(round(H*s), round(W*s))``,
@@ -267,7 +267,7 @@ def network_maps(model, variables, images, *, cam_source: str = "cam_rv"):
 
 
 def image_scores(logits, input_hw: Sequence[int], gap_source: str = "cam"):
-    """The classifier's image scores ``(N, K)`` (foreground logits) as its training loss pooled them.
+    """The classifier's image scores ``(N, K)`` (foreground logits), pooled as its training was.
 
     "cam": the mean over ``input_hw`` of the AC=True upsampled logits (SEAM's GAP of ``cam``),
     computed as ``sum_{a,b} u_a v_b logits[a, b] / (h_s w_s)`` with ``u``, ``v`` the column sums of
@@ -445,7 +445,9 @@ class CamInferencer:
                     f"{(batch, 2, h, w, 3)}, found {tuple(x.shape)}"
                 )
         compiled = self._compile(batch, image_hw, labels.shape[1])
-        device_inputs = tuple(jax.device_put(np.asarray(x, np.float32), self.sharded) for x in inputs)
+        device_inputs = tuple(
+            jax.device_put(np.asarray(x, np.float32), self.sharded) for x in inputs
+        )
         device_labels = jax.device_put(np.asarray(labels, np.float32), self.sharded)
         return compiled(self.variables, device_inputs, device_labels)
 

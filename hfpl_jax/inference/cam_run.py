@@ -244,7 +244,9 @@ def _batches(examples, batch_size: int):
     """Consecutive same-size examples, at most ``batch_size`` per batch."""
     batch = []
     for example in examples:
-        if batch and (example["image"].shape != batch[0]["image"].shape or len(batch) == batch_size):
+        if batch and (
+            example["image"].shape != batch[0]["image"].shape or len(batch) == batch_size
+        ):
             yield batch
             batch = []
         batch.append(example)
@@ -275,7 +277,9 @@ def run_inference(
         raise ValueError(f"config.labels must be one of {LABEL_SOURCES}, found {config.labels!r}")
     unknown = set(config.formats) - set(cam_files.FORMATS)
     if unknown or not config.formats:
-        raise ValueError(f"config.formats must be among {cam_files.FORMATS}, found {config.formats}")
+        raise ValueError(
+            f"config.formats must be among {cam_files.FORMATS}, found {config.formats}"
+        )
     from hfpl_jax import checkpoint  # noqa: PLC0415
 
     train_config = cam_config.restore_config(checkpoint.load_config_json(workdir))
@@ -372,8 +376,17 @@ def run_inference(
                 cams_hwk = np.ascontiguousarray(host["cams"][row][..., present])
                 marginals = crf(example["image"], cams_hwk) if crf is not None else None
                 writes.append(
-                    writer.submit(_write, out_dir, example["name"], present, cams_hwk, host, row,
-                                  marginals, settings)  # fmt: skip
+                    writer.submit(
+                        _write,
+                        out_dir,
+                        example["name"],
+                        present,
+                        cams_hwk,
+                        host,
+                        row,
+                        marginals,
+                        settings,
+                    )  # fmt: skip
                 )
             while len(writes) > 4 * batch_size:
                 writes.popleft().result()
