@@ -50,13 +50,13 @@ def synthetic_image(height: int, width: int) -> np.ndarray:
     return image
 
 
-def make_jax(state_dict, num_classes: int):
+def make_jax(state_dict, num_classes: int, conv_impl: str = "auto"):
     import jax
 
     from hfpl_jax import models, weights
     from hfpl_jax.inference import cam
 
-    model = models.build("seam", num_classes, dropout=False)
+    model = models.build("seam", num_classes, dropout=False, conv_impl=conv_impl)
     variables = weights.from_torch(state_dict, "seam")
     mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()[:1]), ("data",))
     return cam.CamInferencer(model, variables, mesh=mesh)
@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=_size, default=[(94, 125), (188, 250)])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num-workers", type=int, default=8, help="the script's --num_workers")
+    parser.add_argument("--conv-impl", default="auto", help="hfpl_jax.models.build's conv_impl")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -133,7 +134,7 @@ def main() -> None:
 
     jax.config.update("jax_default_matmul_precision", "highest")  # float32, as the reference
     state_dict = seeded_state_dict("seam", 0, 20)
-    inferencer = make_jax(state_dict, 20)
+    inferencer = make_jax(state_dict, 20, args.conv_impl)
     torch_run = make_torch(args.reference, state_dict, args.num_workers)
     label = np.zeros(20, np.float32)
     label[list(LABELS)] = 1.0
@@ -194,6 +195,7 @@ def main() -> None:
         "rows": rows,
         "repeats": args.repeats,
         "num_workers": args.num_workers,
+        "conv_impl": args.conv_impl,
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),

@@ -104,7 +104,8 @@ def _resolve_data_dir(data_dir: str | None) -> str:
 
 
 def load_network(workdir: str, num_classes: int, step: int | None = None):
-    """``(model, variables, train_config, step_dir)`` of a CAM-training workdir's checkpoint.
+    """``(model, variables, train_config, path)`` of a CAM-training workdir's checkpoint (``path``:
+    the step's folder, ``WORKDIR/checkpoints/<step>``).
 
     Raises:
       FileNotFoundError: no checkpoint in ``workdir``.
@@ -146,12 +147,16 @@ def load_network(workdir: str, num_classes: int, step: int | None = None):
             config.model.compute_dtype
         ],
     )
+    if step is None:  # the newest, as load_variables takes it; recorded in the manifest
+        steps = [int(n) for n in os.listdir(step_dir) if n.isdigit()]
+        step = max(steps) if steps else None
     variables = checkpoint.load_variables(workdir, step)
     expected = jax.eval_shape(
         lambda: models.init_variables(arch, num_classes, jax.random.key(0), **_size_kwargs(config))
     )
-    _check_variables(expected, variables, step_dir, arch, num_classes)
-    return model, variables, config, step_dir
+    where = os.path.join(step_dir, str(step))
+    _check_variables(expected, variables, where, arch, num_classes)
+    return model, variables, config, where
 
 
 def _size_kwargs(config) -> dict:
@@ -224,7 +229,7 @@ def _check_manifest(out_dir: str, settings: dict, overwrite: bool) -> None:
             previous = json.load(f)
         changed = {
             k: (previous.get(k), settings[k])
-            for k in _OUTPUT_SETTINGS + ("checkpoint", "step", "dataset", "split")
+            for k in _OUTPUT_SETTINGS + ("checkpoint", "dataset", "split")
             if previous.get(k) != settings[k]
         }
         if changed:
@@ -291,7 +296,7 @@ def run_inference(
         else train_config.input.builder_kwargs
     )
     num_classes = data.num_classes(dataset, data_dir, **builder_kwargs)
-    model, variables, train_config, step_dir = load_network(
+    model, variables, train_config, checkpoint_path = load_network(
         workdir, num_classes, config.checkpoint_step
     )
     cam_source = config.cam_source or ("cam_rv" if train_config.model.arch == "seam" else "cam")
@@ -304,8 +309,7 @@ def run_inference(
         )
     out_dir = os.path.abspath(out_dir or os.path.join(workdir, "plabels", split))
     settings = {
-        "checkpoint": step_dir,
-        "step": config.checkpoint_step,
+        "checkpoint": checkpoint_path,
         "dataset": dataset,
         "split": split,
         "scales": [float(s) for s in config.scales],
