@@ -33,6 +33,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "hfpl_jax.inference.cam_run:main",
         "Multi-scale CAMs and CRF marginals of a train-cam workdir over a dataset split.",
     ),
+    "evaluate": (
+        "hfpl_jax.evaluation.cli:main",
+        "Score CAMs or label maps (also the reference's): mIoU per threshold, contour F.",
+    ),
 }
 
 
