@@ -6,13 +6,12 @@
   (``contour_fscore.py``).
 - :mod:`~hfpl_jax.evaluation.files`: predictions (hfpl-jax ``.npz``, the reference's ``.npy``
   dicts, label PNGs) and ground truth (PNG folder + list, or a built dataset split).
-- :mod:`~hfpl_jax.evaluation.evaluate`: one pass over a folder, additive counts.
+- :mod:`~hfpl_jax.evaluation.scoring`: one pass over a folder, additive counts.
 - :mod:`~hfpl_jax.evaluation.report`: ``metrics.json``, ``summary.md``, plot and overlays.
 - :mod:`~hfpl_jax.evaluation.cli`: ``hfpl-jax evaluate``.
 """
 
 from hfpl_jax.evaluation.contour import contour_counts, contour_f_score
-from hfpl_jax.evaluation.evaluate import EvaluationCounts, EvaluationResult, evaluate, score_image
 from hfpl_jax.evaluation.miou import (
     THRESHOLDS,
     confusion_from_histogram,
@@ -20,6 +19,7 @@ from hfpl_jax.evaluation.miou import (
     iou_per_class,
     mean_iou,
 )
+from hfpl_jax.evaluation.scoring import EvaluationCounts, EvaluationResult, evaluate, score_image
 
 __all__ = [
     "THRESHOLDS",

@@ -17,10 +17,10 @@ dicts) or ``<name>.png`` (label maps). See ``docs/evaluation.md``.
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 
-from hfpl_jax.evaluation import evaluate as evaluate_lib
-from hfpl_jax.evaluation import files, miou, report
+from hfpl_jax.evaluation import files, miou, report, scoring
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,6 +73,20 @@ def _parser() -> argparse.ArgumentParser:
         help="CAM -> label map for contour F: a constant background score (0.25, as "
         "contour_fscore.py --is_seam) or 'one-minus-sum' (its --no-is_seam)",
     )
+    parser.add_argument(
+        "--iou-epsilon",
+        type=float,
+        default=miou.VOC_IOU_EPSILON,
+        help="IoU = TP / (T + P - TP + eps), counts in pixels: 1e-10 as eval_cam_voc.py "
+        "(default); 1e-5 reproduces eval_cam_coco.py, which counts in units of 1e5 pixels",
+    )
+    parser.add_argument(
+        "--dataset-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="builder option of --dataset (e.g. image_size=64 for a small hfpl_shapes)",
+    )
     parser.add_argument("--overlays", type=int, default=4, help="overlay pictures (first N names)")
     parser.add_argument("--workers", type=int, default=None, help="threads (default: CPUs, <= 8)")
     return parser
@@ -89,6 +103,19 @@ def _contour_background(value: str) -> float | str:
         ) from None
 
 
+def _dataset_options(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--dataset-option must be KEY=VALUE, got {item!r}")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options
+
+
 def run(args: argparse.Namespace) -> dict:
     """Evaluates as the parsed flags say and writes the report; returns the metrics."""
     from hfpl_jax import data
@@ -103,8 +130,9 @@ def run(args: argparse.Namespace) -> dict:
             raise ValueError("give either --dataset or --gt-dir, not both")
         if not args.data_dir:
             raise ValueError("--dataset needs --data-dir")
-        ground_truth = files.DatasetGroundTruth(args.dataset, args.data_dir, args.split)
-        num_classes = data.num_classes(args.dataset, args.data_dir)
+        options = _dataset_options(args.dataset_option)
+        ground_truth = files.DatasetGroundTruth(args.dataset, args.data_dir, args.split, **options)
+        num_classes = data.num_classes(args.dataset, args.data_dir, **options)
         if args.num_classes is not None and args.num_classes != num_classes:
             raise ValueError(
                 f"--num-classes {args.num_classes} does not match {ground_truth.description}, "
@@ -132,7 +160,7 @@ def run(args: argparse.Namespace) -> dict:
         num_classes = args.num_classes
         source = args.gt_dir
     predictions = files.PredictionFolder(args.pred_dir, args.pred_format)
-    result = evaluate_lib.evaluate(
+    result = scoring.evaluate(
         predictions,
         ground_truth,
         names,
@@ -147,6 +175,7 @@ def run(args: argparse.Namespace) -> dict:
         result,
         fixed_threshold=args.fixed_threshold,
         class_names=class_names,
+        iou_epsilon=args.iou_epsilon,
         extra=extra,
     )
 

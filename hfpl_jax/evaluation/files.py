@@ -250,10 +250,10 @@ class FolderGroundTruth:
 class DatasetGroundTruth:
     """Masks and images of a built dataset split (``hfpl_jax.data.open_split``), by name."""
 
-    def __init__(self, dataset: str, data_dir: str | os.PathLike, split: str):
+    def __init__(self, dataset: str, data_dir: str | os.PathLike, split: str, **builder_kwargs):
         from hfpl_jax import data
 
-        self.raw = data.open_split(dataset, data_dir, split).raw
+        self.raw = data.open_split(dataset, data_dir, split, **builder_kwargs).raw
         self.description = f"{dataset}/{split} in {os.fspath(data_dir)!r}"
         self.names = [self.raw[i]["name"] for i in range(len(self.raw))]
         self._index = {name: i for i, name in enumerate(self.names)}

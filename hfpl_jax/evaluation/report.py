@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from hfpl_jax.evaluation import contour, miou
-from hfpl_jax.evaluation.evaluate import EvaluationResult, Overlay
+from hfpl_jax.evaluation.scoring import EvaluationResult, Overlay
 
 __all__ = [
     "DEFAULT_FIXED_THRESHOLD",
@@ -77,14 +77,16 @@ def summarize(
     *,
     fixed_threshold: float = DEFAULT_FIXED_THRESHOLD,
     class_names=None,
+    iou_epsilon: float = miou.VOC_IOU_EPSILON,
 ) -> dict:
     """The ``metrics.json`` dict of an evaluation (see the module docstring).
 
     ``class_names``: the ``K`` foreground names (``background`` is prepended), or None.
+    ``iou_epsilon``: see :func:`hfpl_jax.evaluation.miou.iou_per_class`.
     """
     counts = result.counts
     num_classes = result.num_classes
-    iou = miou.iou_per_class(counts.confusion)  # (T, K+1)
+    iou = miou.iou_per_class(counts.confusion, iou_epsilon)  # (T, K+1)
     curve = np.mean(iou, axis=-1)
     contour_mean, contour_per_class = contour.contour_f_score(counts.contour)
     names = None
@@ -315,12 +317,15 @@ def write_report(
     *,
     fixed_threshold: float = DEFAULT_FIXED_THRESHOLD,
     class_names=None,
+    iou_epsilon: float = miou.VOC_IOU_EPSILON,
     extra: dict | None = None,
 ) -> dict:
     """Writes ``metrics.json``, ``summary.md``, ``counts.npz`` (the additive counts),
     ``miou_curve.png`` (CAMs only) and ``overlays/<name>.png``; returns the metrics dict.
     ``extra`` entries (e.g. the inputs) are added to ``metrics.json``."""
-    metrics = summarize(result, fixed_threshold=fixed_threshold, class_names=class_names)
+    metrics = summarize(
+        result, fixed_threshold=fixed_threshold, class_names=class_names, iou_epsilon=iou_epsilon
+    )
     metrics.update(extra or {})
     os.makedirs(out_dir, exist_ok=True)
     plot = None
