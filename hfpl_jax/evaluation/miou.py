@@ -239,7 +239,8 @@ def confusion_matrices(cams, gt, valid=None, *, class_present=None, thresholds=T
         cams = jnp.where(present[:, None, None, :], cams, 0.0)
     fg_max = jnp.max(cams, axis=-1)
     fg_label = jnp.argmax(cams, axis=-1).astype(jnp.int32) + 1
-    bucket = jnp.searchsorted(jnp.asarray(thresholds), fg_max, side="left").astype(jnp.int32)
+    # #{t < fg_max} as T compares, which XLA fuses into the reduction (T = 60 is small).
+    bucket = jnp.sum(fg_max[..., None] > jnp.asarray(thresholds), axis=-1, dtype=jnp.int32)
     gt = jnp.asarray(gt).astype(jnp.int32)
     counted = (gt >= 0) & (gt <= num_classes)
     if valid is not None:
