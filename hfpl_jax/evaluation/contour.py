@@ -138,16 +138,22 @@ def contour_counts(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.nda
         raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ")
     gt = np.where(gt == IGNORE_LABEL, 0, gt)
     counts = np.zeros((4, num_classes), np.int64)
-    present = np.union1d(np.unique(gt), np.unique(pred))
-    if present.size and (present.min() < 0 or present.max() > num_classes):
-        raise ValueError(
-            f"labels {present[(present < 0) | (present > num_classes)].tolist()} "
-            f"outside 0..{num_classes}"
-        )
+    present = _labels_present(gt, num_classes, "ground truth") | _labels_present(
+        pred, num_classes, "prediction"
+    )
     radius = boundary_radius(*gt.shape)
-    for c in present[present > 0]:
+    for c in np.flatnonzero(present[1:]) + 1:
         counts[:, c - 1] = _class_counts(gt == c, pred == c, radius)
     return counts
+
+
+def _labels_present(labels: np.ndarray, num_classes: int, what: str) -> np.ndarray:
+    """``(K+1,)`` bool: which of ``0..K`` occur (ValueError for anything else)."""
+    low, high = (labels.min(), labels.max()) if labels.size else (0, 0)
+    if low < 0 or high > num_classes:
+        bad = np.unique(labels[(labels < 0) | (labels > num_classes)])
+        raise ValueError(f"{what} has labels {bad[:10].tolist()} outside 0..{num_classes}")
+    return np.bincount(labels.ravel(), minlength=num_classes + 1) > 0
 
 
 def contour_f_score(counts) -> tuple[float, np.ndarray]:
