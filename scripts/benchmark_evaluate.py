@@ -28,6 +28,7 @@ import ast
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -98,42 +99,61 @@ def generate(directory: str, count: int, seed: int = 0) -> list[str]:
     return names
 
 
+class Timer:
+    """Wall time and the CPU time (user + system) of the finished child processes, their own
+    children included: on a shared machine the CPU time is the steadier figure."""
+
+    def __enter__(self):
+        self.wall = time.perf_counter()
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu = usage.ru_utime + usage.ru_stime
+        return self
+
+    def __exit__(self, *exc):
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu = usage.ru_utime + usage.ru_stime - self.cpu
+        self.wall = time.perf_counter() - self.wall
+
+
 def run_reference(reference: str, directory: str) -> dict:
     env = dict(os.environ)
     logfile = os.path.join(directory, "ref_evallog.txt")
     if os.path.exists(logfile):
         os.remove(logfile)
-    start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, os.path.join(reference, "eval_cam_voc.py"),
-         "--list", os.path.join(directory, "list.txt"),
-         "--predict_dir", os.path.join(directory, "cam"),
-         "--gt_dir", os.path.join(directory, "gt"),
-         "--logfile", logfile, "--comment", "benchmark", "--type", "npy", "--curve", "True"],
-        check=True, capture_output=True, text=True, env=env, cwd=directory,
-    )  # fmt: skip
-    curve_seconds = time.perf_counter() - start
+    curve_args = [
+        sys.executable, os.path.join(reference, "eval_cam_voc.py"),
+        "--list", os.path.join(directory, "list.txt"),
+        "--predict_dir", os.path.join(directory, "cam"),
+        "--gt_dir", os.path.join(directory, "gt"),
+        "--logfile", logfile, "--comment", "benchmark", "--type", "npy", "--curve", "True",
+    ]  # fmt: skip
+    with Timer() as curve_time:
+        subprocess.run(curve_args, check=True, capture_output=True, env=env, cwd=directory)
+    print(f"reference eval_cam_voc.py --curve: {curve_time.wall:.1f} s", flush=True)
     with open(logfile) as f:
         line = [x for x in f.read().splitlines() if x.startswith("mIoU:")][0]
     # "mIoU:[np.float64(23.1), ...]  " in percent.
     text = line[len("mIoU:") :].strip().replace("np.float64(", "").replace(")", "")
     curve = [float(v) / 100 for v in ast.literal_eval(text)]
-    start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-c", CONTOUR_RUNNER, reference,
-         "--pred_path", os.path.join(directory, "cam"),
-         "--img_list", os.path.join(directory, "list.txt"),
-         "--gt_path", os.path.join(directory, "gt"),
-         "--is_cam", "--is_seam", "--num_classes", "20", "--no-verbose"],
-        check=True, capture_output=True, text=True, env=env, cwd=directory,
-    )  # fmt: skip
-    contour_seconds = time.perf_counter() - start
+    contour_args = [
+        sys.executable, "-c", CONTOUR_RUNNER, reference,
+        "--pred_path", os.path.join(directory, "cam"),
+        "--img_list", os.path.join(directory, "list.txt"),
+        "--gt_path", os.path.join(directory, "gt"),
+        "--is_cam", "--is_seam", "--num_classes", "20", "--no-verbose",
+    ]  # fmt: skip
+    with Timer() as contour_time:
+        result = subprocess.run(
+            contour_args, check=True, capture_output=True, text=True, env=env, cwd=directory
+        )
     contour = json.loads(result.stdout.strip().splitlines()[-1])
     return {
         "curve": curve,
         "contour_f": contour["F"],
-        "curve_seconds": curve_seconds,
-        "contour_seconds": contour_seconds,
+        "curve_seconds": curve_time.wall,
+        "contour_seconds": contour_time.wall,
+        "curve_cpu_seconds": curve_time.cpu,
+        "contour_cpu_seconds": contour_time.cpu,
     }
 
 
@@ -149,18 +169,24 @@ def evaluate_args(directory: str, pred_dir: str, out: str, workers: int | None) 
 def run_ours(directory: str, workers: int | None) -> dict:
     out = os.path.join(directory, "hfpl_jax_eval")
     env = dict(os.environ, PYTHONPATH=REPO)
-    start = time.perf_counter()
-    subprocess.run(
-        evaluate_args(directory, os.path.join(directory, "cam"), out, workers),
-        check=True,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    seconds = time.perf_counter() - start
+    with Timer() as timer:
+        subprocess.run(
+            evaluate_args(directory, os.path.join(directory, "cam"), out, workers),
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = json.load(f)
-    return {"curve": metrics["miou_curve"], "contour_f": metrics["contour_f"], "seconds": seconds}
+    return {
+        "curve": metrics["miou_curve"],
+        "contour_f": metrics["contour_f"],
+        "seconds": timer.wall,
+        "cpu_seconds": timer.cpu,
+        "best_threshold": metrics["best_threshold"],
+        "miou_at_fixed_threshold": metrics["miou_at_fixed_threshold"],
+    }
 
 
 def bad_input_checks(directory: str, names: list[str]) -> dict:
@@ -232,6 +258,8 @@ def main():
     parser.add_argument("--workers", type=int, default=None, help="hfpl-jax evaluate --workers")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if args.num_images < 4:
+        parser.error("--num-images must be at least 4 (the bad-input checks break 4 copies)")
 
     directory = args.workdir or tempfile.mkdtemp(prefix="hfpl_eval_bench_")
     start = time.perf_counter()
@@ -240,7 +268,7 @@ def main():
         f"generated {len(names)} predictions in {directory} ({time.perf_counter() - start:.0f} s)"
     )
     ours = run_ours(directory, args.workers)
-    print(f"hfpl-jax evaluate: {ours['seconds']:.1f} s")
+    print(f"hfpl-jax evaluate: {ours['seconds']:.1f} s", flush=True)
     reference = run_reference(os.path.abspath(args.reference), directory)
     print(
         f"reference: eval_cam_voc.py --curve {reference['curve_seconds']:.1f} s, "
@@ -249,6 +277,7 @@ def main():
     curve_diff = float(np.max(np.abs(np.subtract(ours["curve"], reference["curve"]))))
     contour_diff = abs(ours["contour_f"] - reference["contour_f"])
     reference_seconds = reference["curve_seconds"] + reference["contour_seconds"]
+    reference_cpu = reference["curve_cpu_seconds"] + reference["contour_cpu_seconds"]
     bad = bad_input_checks(directory, names)
     result = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
@@ -257,8 +286,15 @@ def main():
         "reference_seconds": {"eval_cam_voc_curve": reference["curve_seconds"],
                               "contour_fscore": reference["contour_seconds"],
                               "total": reference_seconds},
+        "reference_cpu_seconds": {"eval_cam_voc_curve": reference["curve_cpu_seconds"],
+                                  "contour_fscore": reference["contour_cpu_seconds"],
+                                  "total": reference_cpu},
         "hfpl_jax_seconds": ours["seconds"],
+        "hfpl_jax_cpu_seconds": ours["cpu_seconds"],
         "speedup": reference_seconds / ours["seconds"],
+        "cpu_speedup": reference_cpu / ours["cpu_seconds"],
+        "best_threshold": ours["best_threshold"],
+        "miou_at_fixed_threshold": ours["miou_at_fixed_threshold"],
         "miou_curve_max_abs_diff": curve_diff,
         "contour_f_abs_diff": contour_diff,
         "best_miou": {"reference": max(reference["curve"]), "hfpl_jax": max(ours["curve"])},
@@ -273,6 +309,10 @@ def main():
         f"| time, {len(names)} images | {reference_seconds:.1f} s "
         f"({reference['curve_seconds']:.1f} + {reference['contour_seconds']:.1f}) | "
         f"{ours['seconds']:.1f} s ({result['speedup']:.1f}x) |"
+    )
+    print(
+        f"| CPU time (user + sys) | {reference_cpu:.1f} s | {ours['cpu_seconds']:.1f} s "
+        f"({result['cpu_speedup']:.1f}x) |"
     )
     print(f"| best mIoU | {100 * max(reference['curve']):.4f}% | {100 * max(ours['curve']):.4f}% |")
     print(f"| contour F | {100 * reference['contour_f']:.4f}% | {100 * ours['contour_f']:.4f}% |")

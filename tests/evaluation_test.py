@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from train_cam_helpers import TINY_DATA, shapes_dir  # noqa: F401
 
 from hfpl_jax import cli, parallel
 from hfpl_jax.evaluation import contour, files, miou, report, scoring
@@ -97,6 +98,28 @@ def test_ties_between_classes_go_to_the_lowest_class_and_empty_dicts_to_backgrou
     conf = miou.confusion_from_histogram(hist)
     np.testing.assert_array_equal(conf[:, :, 0], np.tile([1, 1], (60, 1)))  # gt 0 and 1
     assert conf[:, :, 1].sum() == 0
+
+
+def test_threshold_buckets_fast_path_equals_searchsorted():
+    rng = np.random.default_rng(2)
+    t = miou.THRESHOLDS
+    values = np.concatenate(
+        [
+            rng.uniform(-0.05, 0.7, 20000).astype(np.float32),
+            rng.integers(-5, 70, 2000) / np.float32(100),
+            t,
+            np.nextafter(t, np.float32(1)),
+            np.nextafter(t, np.float32(-1)),
+            np.array([np.inf, -np.inf, -0.0, 1e-45, 1.0, 1e30], np.float32),
+        ]
+    ).astype(np.float32)
+    expected = np.searchsorted(t, values, side="left")
+    np.testing.assert_array_equal(miou.threshold_buckets(values), expected)
+    # Other thresholds take the general path.
+    other = np.array([0.0, 0.125, 0.3], np.float32)
+    np.testing.assert_array_equal(
+        miou.threshold_buckets(values, other), np.searchsorted(other, values, side="left")
+    )
 
 
 def test_one_pass_sweep_matches_a_direct_evaluation_per_threshold():
@@ -462,3 +485,68 @@ def test_report_pictures(golden):
     assert (pixels == [220, 40, 40]).all(axis=-1).any()  # the best point is drawn
     palette = report.label_palette()
     assert palette[1].tolist() == [128, 0, 0] and palette[15].tolist() == [192, 128, 128]
+
+
+def test_evaluate_cli_on_a_built_dataset_split(shapes_dir, tmp_path):  # noqa: F811
+    """Ground truth and images from a built split; hfpl-jax .npz CAMs made from its masks."""
+    from hfpl_jax import data
+
+    source = data.open_split("hfpl_shapes", shapes_dir, "val", **TINY_DATA)
+    num_classes = data.num_classes("hfpl_shapes", shapes_dir, **TINY_DATA)
+    rng = np.random.default_rng(3)
+    cam_dicts, gts, names = [], [], []
+    for i in range(len(source)):
+        example = source[i]
+        classes = np.flatnonzero(example["labels"] > 0)
+        mask = example["mask"]
+        cams = np.stack([(mask == c + 1) * rng.uniform(0.2, 0.5) for c in classes])
+        cams = (cams + rng.uniform(0, 0.2, cams.shape)).astype(np.float32)
+        np.savez_compressed(tmp_path / f"{example['name']}.npz", classes=classes, cams=cams)
+        cam_dicts.append({int(c): cams[j] for j, c in enumerate(classes)})
+        gts.append(mask)
+        names.append(example["name"])
+    options = [f"--dataset-option={k}={v}" for k, v in TINY_DATA.items()]
+    out = tmp_path / "out"
+    assert (
+        run_cli(
+            "--pred-dir",
+            tmp_path,
+            "--dataset",
+            "hfpl_shapes",
+            "--data-dir",
+            shapes_dir,
+            "--split",
+            "val",
+            *options,
+            "--out",
+            out,
+            "--overlays",
+            2,
+        )
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    expected = miou.mean_iou(direct_confusion(cam_dicts, gts, num_classes, miou.THRESHOLDS))
+    np.testing.assert_allclose(metrics["miou_curve"], expected, rtol=0, atol=1e-12)
+    assert metrics["num_images"] == len(names) and metrics["prediction_format"] == "npz"
+    assert metrics["class_names"][1:] == list(data.class_names("hfpl_shapes"))
+    with Image.open(out / "overlays" / f"{names[0]}.png") as overlay:
+        first_panel = np.asarray(overlay)[:, :10]
+    assert np.ptp(first_panel) > 0  # the dataset's image, not the grey stand-in
+    # A --num-classes that contradicts the dataset is an error naming it.
+    assert (
+        run_cli(
+            "--pred-dir",
+            tmp_path,
+            "--dataset",
+            "hfpl_shapes",
+            "--data-dir",
+            shapes_dir,
+            *options,
+            "--num-classes",
+            3,
+            "--out",
+            out,
+        )
+        == 2
+    )
