@@ -487,6 +487,7 @@ def test_report_pictures(golden):
     assert palette[1].tolist() == [128, 0, 0] and palette[15].tolist() == [192, 128, 128]
 
 
+@pytest.mark.slow  # builds a tiny TFDS dataset (TensorFlow)
 def test_evaluate_cli_on_a_built_dataset_split(shapes_dir, tmp_path):  # noqa: F811
     """Ground truth and images from a built split; hfpl-jax .npz CAMs made from its masks."""
     from hfpl_jax import data

@@ -168,6 +168,7 @@ def run(args: argparse.Namespace) -> dict:
         contour_background=contour_background,
         overlay_names=names[: max(0, args.overlays)],
         workers=args.workers,
+        progress=sys.stderr.isatty(),
     )
     extra = {"pred_dir": args.pred_dir, "ground_truth": source}
     return report.write_report(

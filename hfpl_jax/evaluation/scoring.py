@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+import tqdm
 
 from hfpl_jax.evaluation import contour, miou
 from hfpl_jax.evaluation.files import Prediction, PredictionFolder
@@ -160,6 +161,7 @@ def evaluate(
     contour_background: float | str = contour.SEAM_BACKGROUND,
     overlay_names: Sequence[str] = (),
     workers: int | None = None,
+    progress: bool = False,
 ) -> EvaluationResult:
     """Scores the predictions of ``names`` against ``ground_truth``.
 
@@ -174,6 +176,7 @@ def evaluate(
       contour_background: see :func:`score_image`.
       overlay_names: images whose maps are kept for overlay pictures.
       workers: threads (default: the CPU count, at most 8).
+      progress: show a progress bar (tqdm, on stderr).
 
     Raises:
       FileNotFoundError / ValueError: naming the file of the first image that fails.
@@ -190,6 +193,8 @@ def evaluate(
     keep = set(overlay_names)
     workers = workers or min(8, os.cpu_count() or 1)
     workers = max(1, min(workers, len(names)))
+
+    bar = tqdm.tqdm(total=len(names), unit="image", disable=not progress, leave=False)
 
     def run(shard: list[str]):
         histogram = np.zeros(((thresholds.size + 1) if is_cam else 1, n, n), np.int64)
@@ -208,6 +213,7 @@ def evaluate(
             )
             histogram += score.histogram if is_cam else score.confusion
             counts += score.contour
+            bar.update(1)
             if name in keep:
                 overlays[name] = Overlay(
                     name,
@@ -220,11 +226,12 @@ def evaluate(
         return histogram, counts, overlays
 
     shards = [names[i::workers] for i in range(workers)]
-    if workers == 1:
-        results = [run(shards[0])]
-    else:
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(run, shards))
+    with bar:
+        if workers == 1:
+            results = [run(shards[0])]
+        else:
+            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(run, shards))
     histogram = sum(r[0] for r in results)
     confusion = miou.confusion_from_histogram(histogram) if is_cam else histogram
     counts = EvaluationCounts(confusion, sum(r[1] for r in results), len(names))
