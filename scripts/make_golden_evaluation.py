@@ -15,6 +15,10 @@ runs, unchanged, from the checkout:
   over each image alone. ``main`` prints the mean F with three decimals only, so its final locals
   (``F`` and the per-class accumulators) are read with a profile hook as it returns.
 
+Rerunning reproduces the fixture bit for bit except ``coco_npy_*``: ``eval_cam_coco.py`` adds
+float counts from 8 worker processes in whatever order they get the lock, so its IoUs move by
+~1e-14 between runs (the test's tolerance is 1e-9 percentage points).
+
 The fixture stores the inputs (integer CAM codes, CAM = float32(code) / 100, so that values tie
 exactly with the thresholds; masks; label maps) and the outputs. The VOC-like set covers the
 sizes 375x500, 500x375, 500x500 and 480x640 (tolerance radii 5, 5, 6, 7), small and one-pixel-wide
