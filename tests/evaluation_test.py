@@ -13,6 +13,7 @@ from train_cam_helpers import TINY_DATA, shapes_dir  # noqa: F401
 
 from hfpl_jax import cli, parallel
 from hfpl_jax.evaluation import contour, files, miou, report, scoring
+from hfpl_jax.inference import cam_files
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "testdata", "golden_evaluation.npz")
 
@@ -318,13 +319,26 @@ def write_reference_layout(golden, root, key="voc", count=None):
     names = []
     for name, gt, classes, cams, label in list(golden_items(golden, key))[:count]:
         np.save(root / "cam" / f"{name}.npy", {int(c): cams[j] for j, c in enumerate(classes)})
-        np.savez_compressed(root / "npz" / f"{name}.npz", classes=classes, cams=cams)
+        write_npz(root / "npz", name, classes, cams, 20)
         Image.fromarray(label).save(root / "label" / f"{name}.png")
         Image.fromarray(gt).save(root / "gt" / f"{name}.png")
         image = np.stack([gt, gt // 2, 255 - gt], axis=-1).astype(np.uint8)
         Image.fromarray(image).save(root / "images" / f"{name}.jpg")
         names.append(name)
     return names
+
+
+def write_npz(directory, name, classes, cams, num_classes):
+    """An ``hfpl-jax infer-cam`` output file (no CRF marginals)."""
+    record = cam_files.CamRecord(
+        classes=classes,
+        cams=cams,
+        labels=np.isin(np.arange(num_classes), classes).astype(np.float32),
+        scores=np.zeros(num_classes, np.float32),
+        crf_alphas=np.zeros(0, np.float32),
+        crf=np.zeros((0, len(classes) + 1, *cams.shape[1:]), np.float32),
+    )
+    cam_files.write_outputs(str(directory), name, record, ("npz",))
 
 
 def run_cli(*args):
@@ -502,7 +516,7 @@ def test_evaluate_cli_on_a_built_dataset_split(shapes_dir, tmp_path):  # noqa: F
         mask = example["mask"]
         cams = np.stack([(mask == c + 1) * rng.uniform(0.2, 0.5) for c in classes])
         cams = (cams + rng.uniform(0, 0.2, cams.shape)).astype(np.float32)
-        np.savez_compressed(tmp_path / f"{example['name']}.npz", classes=classes, cams=cams)
+        write_npz(tmp_path, example["name"], classes, cams, num_classes)
         cam_dicts.append({int(c): cams[j] for j, c in enumerate(classes)})
         gts.append(mask)
         names.append(example["name"])

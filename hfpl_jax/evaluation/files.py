@@ -2,8 +2,9 @@
 
 Predictions, one file per image in a folder (:class:`PredictionFolder`):
 
-- ``<name>.npz``: hfpl-jax CAM inference, ``np.savez_compressed`` with ``classes`` ``(k,)`` int
-  (foreground indices ``0..K-1``) and ``cams`` ``(k, H, W)`` float32 (:func:`load_cam_npz`).
+- ``<name>.npz``: ``hfpl-jax infer-cam``'s output (``hfpl_jax.inference.cam_files``): ``classes``
+  ``(k,)`` (foreground indices ``0..K-1``) and ``cams`` ``(k, H, W)`` float32, with the image
+  labels, scores and CRF marginals beside them (:func:`load_cam_npz`).
 - ``<name>.npy``: the reference's ``out_cam`` files (``infer_cam_voc.py``), ``np.save`` of a
   pickled dict ``{class_index: (H, W) float32}`` (:func:`load_cam_npy`). Loading a pickle runs
   code: evaluate only files you trust.
@@ -19,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
-import zipfile
 
 import numpy as np
 from PIL import Image
@@ -130,29 +130,15 @@ def load_cam_npy(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_cam_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """hfpl-jax CAM inference output ``<name>.npz`` (arrays ``classes (k,)``, ``cams (k, H, W)``)
-    -> (``classes`` int64 sorted, ``cams`` float32). The one place that knows that layout."""
+    """``hfpl-jax infer-cam``'s ``<name>.npz`` -> (``classes`` int64 sorted, ``cams`` float32),
+    read by :func:`hfpl_jax.inference.cam_files.read_cam_file` (the format's one reader; the CRF
+    marginals are not read)."""
+    from hfpl_jax.inference import cam_files
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path!r} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = {"classes", "cams"} - set(data.files)
-            if missing:
-                raise ValueError(
-                    f"{path}: expected arrays 'classes' (k,) and 'cams' (k, H, W), found "
-                    f"{sorted(data.files)}"
-                )
-            classes, cams = data["classes"], data["cams"]
-    except (OSError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path}: not a readable .npz file ({error})") from error
-    if classes.ndim != 1 or cams.ndim != 3 or cams.shape[0] != classes.shape[0]:
-        raise ValueError(
-            f"{path}: expected 'classes' (k,) and 'cams' (k, H, W), found {classes.shape} and "
-            f"{cams.shape}"
-        )
-    if not np.issubdtype(classes.dtype, np.integer):
-        raise ValueError(f"{path}: 'classes' must be integers, found {classes.dtype}")
-    return _check_cams(path, classes.astype(np.int64), cams.astype(np.float32))
+    record = cam_files.read_cam_file(path, crf=False)  # ValueError naming the file
+    return _check_cams(path, record.classes.astype(np.int64), record.cams.astype(np.float32))
 
 
 @dataclasses.dataclass(frozen=True)
