@@ -28,6 +28,17 @@ import numpy as np
 
 from hfpl_jax.data.validation import BadExampleError
 
+__all__ = [
+    "CLASS_NAMES",
+    "CocoIndex",
+    "NUM_CLASSES",
+    "SPLITS",
+    "annotation_path",
+    "example_name",
+    "find_image_file",
+    "semantic_mask",
+]
+
 CLASS_NAMES = (
     "person", "bicycle", "car", "motorbike", "aeroplane", "bus", "train", "truck", "boat",
     "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",

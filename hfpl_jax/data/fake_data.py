@@ -15,6 +15,15 @@ from PIL import Image
 
 from hfpl_jax.data import coco, shapes, voc
 
+__all__ = [
+    "COCO_CATEGORY_IDS",
+    "cam_train_input_config",
+    "synthetic_image_and_mask",
+    "write_fake_coco",
+    "write_fake_voc",
+    "write_voc_xml",
+]
+
 # COCO's 80 category ids (1..90 with gaps), ascending.
 COCO_CATEGORY_IDS = (
     1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28,

@@ -36,6 +36,27 @@ from PIL import Image
 
 from hfpl_jax.data import sources, transforms
 
+__all__ = [
+    "AffTrainExample",
+    "BatchIterator",
+    "CamTrainExample",
+    "EpochOrder",
+    "MsfExample",
+    "STREAM_AFF",
+    "STREAM_CAM",
+    "STREAM_SEG",
+    "SegTrainExample",
+    "cam_train_steps_per_epoch",
+    "decode_image_cv2",
+    "example_rng",
+    "load_crf_dict",
+    "load_label_png",
+    "make_aff_train_iterator",
+    "make_cam_train_iterator",
+    "make_msf_inference_iterator",
+    "make_seg_train_iterator",
+]
+
 _PERMUTATION_TAG = 0x5EED
 STREAM_CAM, STREAM_AFF, STREAM_SEG = 1, 2, 3
 

@@ -34,6 +34,21 @@ import numpy as np
 
 from hfpl_jax.data.validation import BadExampleError
 
+__all__ = [
+    "CLASS_NAMES",
+    "NUM_CLASSES",
+    "SPLITS",
+    "find_voc_root",
+    "image_path",
+    "label_source",
+    "labels_from_mask",
+    "labels_from_xml",
+    "load_label_override",
+    "mask_path",
+    "read_name_list",
+    "split_names",
+]
+
 CLASS_NAMES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
