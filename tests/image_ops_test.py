@@ -1,4 +1,5 @@
-"""Tests of hfpl_jax.image_ops against float64 NumPy (from the spec) and torch golden values."""
+"""Tests of hfpl_jax.image_ops against float64 NumPy (PyTorch's interpolation formula, written out
+in the module docstring) and torch golden values."""
 
 import os
 import warnings
@@ -14,7 +15,7 @@ TESTDATA = os.path.join(os.path.dirname(__file__), "testdata")
 
 
 def _resize_axis_f64(x, axis, n_out, align_corners, ratio=None):
-    """Linear interpolation along one axis, float64, written from the spec's formula."""
+    """Linear interpolation along one axis, float64, from PyTorch's source-index formula."""
     n_in = x.shape[axis]
     if n_in == n_out:
         return x
@@ -108,7 +109,7 @@ def test_resize_gradient_is_adjoint():
     grad = jax.grad(
         lambda v: jnp.sum(image_ops.resize_bilinear(v, (9, 13), align_corners=True) * g)
     )(jnp.asarray(x))
-    # Build the float64 matrix column by column from the spec implementation.
+    # Build the float64 matrix column by column from the float64 implementation above.
     basis = np.eye(6 * 5).reshape(30, 1, 6, 5, 1)
     cols = np.stack([resize_f64(b, (9, 13), True)[0, :, :, 0].ravel() for b in basis], axis=1)
     want = np.einsum("oi,oc->ic", cols, g[0].reshape(-1, 2)).reshape(1, 6, 5, 2)

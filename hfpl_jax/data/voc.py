@@ -10,7 +10,8 @@ The manual folder given to ``hfpl-jax build-dataset voc2012_wsss --manual-dir M`
     M/train_aug.txt                                        (optional: overrides the train_aug list)
     M/cls_labels.npy                                       (optional: overrides the labels)
 
-(``M`` may also be the ``VOC2012`` folder itself.) Splits, as the reference (spec section 9.1):
+(``M`` may also be the ``VOC2012`` folder itself.) Splits, as the reference's
+``voc12/*.txt`` lists and ``config_voc.sh``:
 
 - ``train_aug``: every name with a SegmentationClassAug mask, minus the val names, sorted
   (10,582 for the full SBD release; the reference's ``voc12/train_aug.txt``); masks from
