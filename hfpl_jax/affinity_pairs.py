@@ -9,6 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = [
+    "DEFAULT_RADIUS",
+    "pair_indices",
+    "radius_for",
+    "search_offsets",
+]
+
 DEFAULT_RADIUS = 5
 
 

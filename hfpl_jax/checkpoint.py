@@ -31,6 +31,20 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+__all__ = [
+    "ARRAY_ITEMS",
+    "CHECKPOINT_SUBDIR",
+    "CheckpointManager",
+    "DataIteratorHandler",
+    "DataIteratorRestore",
+    "DataIteratorSave",
+    "ITEM_NAMES",
+    "checkpoint_dir",
+    "load_config_json",
+    "load_params",
+    "load_variables",
+]
+
 CHECKPOINT_SUBDIR = "checkpoints"
 ARRAY_ITEMS = ("params", "batch_stats", "opt_state", "train_meta")
 ITEM_NAMES = (*ARRAY_ITEMS, "data_iterator", "config")

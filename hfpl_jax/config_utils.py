@@ -31,6 +31,14 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+__all__ = [
+    "apply_override",
+    "load_config",
+    "load_config_file",
+    "parse_override_value",
+    "split_config_args",
+]
+
 _CONFIG_FLAG = "--config"
 _CONFIG_OVERRIDE_PREFIX = "--config."
 _module_counter = itertools.count()

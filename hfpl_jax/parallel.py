@@ -28,6 +28,17 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+__all__ = [
+    "DATA_AXIS",
+    "data_sharding",
+    "host_batch_to_global",
+    "initialize_distributed",
+    "local_batch_size",
+    "make_mesh",
+    "replicate",
+    "replicated_sharding",
+]
+
 DATA_AXIS = "data"
 
 _initialized = False

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import types
@@ -42,6 +41,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from hfpl_jax import atomic_io
 from hfpl_jax.reference import CamLossCode, import_reference
 
 ARCHS = ("seam", "affinity", "deeplab_largefov")
@@ -536,10 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     print("relative error = max|jax - torch| / max|torch| per array (worst tensor per group)")
     print(table.render())
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"arch": args.arch, "ok": table.ok, "rows": table.rows}, f, indent=2)
-        os.replace(tmp, args.json)
+        atomic_io.write_json(args.json, {"arch": args.arch, "ok": table.ok, "rows": table.rows})
     print("PASS" if table.ok else "FAIL: an error exceeds its tolerance")
     return 0 if table.ok else 1
 

@@ -17,11 +17,10 @@ Contents:
 
 from __future__ import annotations
 
-import operator
-
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from hfpl_jax._arrays import check_array, compute_dtype, positive_int, shape_str
 
 __all__ = [
     "POSTERIORS",
@@ -44,42 +43,6 @@ POSTERIORS = ("binomial", "multinomial")
 _MAX_NORM_EPS = 1e-5  # tool/visualization.max_norm, e=1e-5
 _BINOMIAL_PROB_EPS = 1e-5  # train_cam_voc.py: sigmoid(logits) + 1e-5
 _PROBS_TO_LOGITS_EPS = 1e-3  # predecessor's probutils.probs_to_logits(eps=1e-3)
-
-
-# --------------------------------------------------------------------------------------------
-# Input checks (shared with losses.py)
-# --------------------------------------------------------------------------------------------
-
-
-def _shape_str(shape) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ")"
-
-
-def check_array(name: str, x, *, ndim: int | None = None, layout: str = "", floating=True):
-    """Returns ``x`` as a jax array after checking its rank and dtype.
-
-    Raises:
-      ValueError: naming ``name``, the expected layout and the shape or dtype found.
-    """
-    try:
-        x = jnp.asarray(x)
-    except TypeError as e:
-        raise ValueError(f"{name}: expected an array {layout}, got {type(x).__name__}") from e
-    if ndim is not None and x.ndim != ndim:
-        raise ValueError(
-            f"{name}: expected a {ndim}-d array {layout}, got shape {_shape_str(x.shape)}"
-        )
-    if floating and not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(
-            f"{name}: expected a floating-point array {layout}, got dtype {x.dtype} "
-            f"(shape {_shape_str(x.shape)})"
-        )
-    return x
-
-
-def compute_dtype(*arrays) -> jnp.dtype:
-    """The dtype arithmetic runs in: at least float32 (float64 stays float64 under x64)."""
-    return jnp.result_type(jnp.float32, *[a.dtype for a in arrays])
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +93,7 @@ def max_onehot(x):
     if x.shape[-1] < 2:
         raise ValueError(
             f"x: expected (N, H, W, C) with C >= 2 (background + classes), got shape "
-            f"{_shape_str(x.shape)}"
+            f"{shape_str(x.shape)}"
         )
     fg = x[..., 1:]
     fg = jnp.where(fg == jnp.max(fg, axis=-1, keepdims=True), fg, jnp.zeros_like(fg))
@@ -148,7 +111,7 @@ def with_background(x):
     if x.shape[-1] < 2:
         raise ValueError(
             f"x: expected (N, H, W, C) with C >= 2 (background + classes), got shape "
-            f"{_shape_str(x.shape)}"
+            f"{shape_str(x.shape)}"
         )
     background = 1 - jnp.max(x[..., 1:], axis=-1, keepdims=True)
     return jnp.concatenate([background.astype(x.dtype), x[..., 1:]], axis=-1)
@@ -157,19 +120,6 @@ def with_background(x):
 # --------------------------------------------------------------------------------------------
 # Importance sampling of pixels
 # --------------------------------------------------------------------------------------------
-
-
-def _positive_int(name: str, value) -> int:
-    """``value`` as a Python int (NumPy integers accepted); ``ValueError`` unless it is >= 1."""
-    if isinstance(value, bool | np.bool_):
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}") from None
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return value
 
 
 def _check_posterior(posterior: str) -> None:
@@ -182,7 +132,7 @@ def _check_logits(logits, posterior: str):
     if posterior == "multinomial" and logits.shape[-1] < 2:
         raise ValueError(
             "logits: posterior='multinomial' expects (N, H, W, C+1) with the background logit "
-            f"in channel 0 and C >= 1 classes, got shape {_shape_str(logits.shape)}"
+            f"in channel 0 and C >= 1 classes, got shape {shape_str(logits.shape)}"
         )
     return logits
 
@@ -239,7 +189,7 @@ def importance_sample_indices(key, logits, num_samples: int = 10, *, posterior: 
     ``torch.multinomial(probs.view(N*C, H*W), S, replacement=True)`` of the reference in
     distribution (the torch random stream itself cannot be reproduced). Indices carry no gradient.
     """
-    num_samples = _positive_int("num_samples", num_samples)
+    num_samples = positive_int("num_samples", num_samples)
     log_q = importance_log_weights(logits, posterior=posterior)
     n, _, c = log_q.shape
     log_q = jax.lax.stop_gradient(log_q)
@@ -261,8 +211,8 @@ def gather_pixels(values, indices):
     n, h, w, c = values.shape
     if indices.shape[0] != n or indices.shape[2] != c:
         raise ValueError(
-            f"indices: expected shape ({n}, S, {c}) to match values {_shape_str(values.shape)}, "
-            f"got {_shape_str(indices.shape)}"
+            f"indices: expected shape ({n}, S, {c}) to match values {shape_str(values.shape)}, "
+            f"got {shape_str(indices.shape)}"
         )
     return jnp.take_along_axis(values.reshape(n, h * w, c), indices, axis=1, mode="clip")
 

@@ -21,7 +21,6 @@ with every run because shared machines make these numbers noisy.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -71,8 +70,8 @@ def _prepare_voc(work_dir: str, num_images: int) -> str:
 
 
 def _profile_stages(data_dir: str, count: int) -> dict[str, float]:
-    from hfpl_jax import data
-    from hfpl_jax.data import sources, transforms
+    from hfpl_jax import data, image_ops
+    from hfpl_jax.data import color, sources, transforms
 
     raw = data.raw_source("voc2012_wsss", data_dir, "train_aug")
     rng = np.random.default_rng(0)
@@ -90,14 +89,14 @@ def _profile_stages(data_dir: str, count: int) -> dict[str, float]:
             resized = transforms.hflip_pil(resized)
         t3 = time.perf_counter()
         # As cam_train_transform: the jitter yields the crop window (pointwise operations run on
-        # the window, see transforms.color_jitter), which is normalised into the padded output.
+        # the window, see color.color_jitter), which is normalised into the padded output.
         crop = params.crop
         ch, cw = min(448, resized.height), min(448, resized.width)
         box = (crop.img_left, crop.img_top, crop.img_left + cw, crop.img_top + ch)
-        window = np.asarray(transforms.color_jitter(resized, params.jitter, box))
+        window = np.asarray(color.color_jitter(resized, params.jitter, box))
         t4 = time.perf_counter()
         out = np.zeros((448, 448, 3), np.float32)
-        transforms.normalize_uint8(
+        image_ops.normalize_image(
             window,
             out=out[crop.cont_top : crop.cont_top + ch, crop.cont_left : crop.cont_left + cw],
         )
@@ -219,9 +218,9 @@ def main() -> None:
     if "hfpl_shapes_build_seconds" in result:
         seconds = result["hfpl_shapes_build_seconds"]
         print(f"\nhfpl-jax build-dataset hfpl_shapes (defaults): {seconds} s")
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(args.out + ".tmp", args.out)
+    from hfpl_jax import atomic_io
+
+    atomic_io.write_json(args.out, result, sort_keys=False)
     print(f"\nwrote {args.out}")
 
 

@@ -274,10 +274,9 @@ def main(argv=None) -> int:
             f"| {r['peak_growth_mb']:>8.0f} | {speed:>8} | {frac:>8} | {r['loss']:>12.7f} |"
         )
     if args.json_out:
-        tmp = args.json_out + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"machine": info, "records": records}, f, indent=2)
-        os.replace(tmp, args.json_out)
+        from hfpl_jax import atomic_io
+
+        atomic_io.write_json(args.json_out, {"machine": info, "records": records}, sort_keys=False)
         print(f"# wrote {args.json_out}")
     return 0
 

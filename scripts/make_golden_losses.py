@@ -208,9 +208,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="tests/testdata/golden_losses.npz")
     args = parser.parse_args(argv)
     arrays = make(args.reference)
-    tmp = args.out + ".tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, args.out)
+    from hfpl_jax import atomic_io
+
+    atomic_io.save_npz(args.out, arrays, compress=True)
     size = os.path.getsize(args.out)
     print(f"wrote {args.out}: {len(arrays)} arrays, {size / 1e6:.2f} MB")
     return 0

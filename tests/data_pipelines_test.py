@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hfpl_jax import data
+from hfpl_jax import data, image_ops
 from hfpl_jax.data import input_pipeline, sources, transforms
 
 TINY = dict(image_size=72, num_train=12, num_val=5, seed=11)
@@ -187,7 +187,7 @@ def test_msf_iterator_shards_cover_the_split_once(data_dir, method):
             else:
                 assert element["inputs"][4].shape[:2] == (height, width)  # scale 1.0
                 np.testing.assert_array_equal(
-                    element["inputs"][4], transforms.normalize_float32(element["image"])
+                    element["inputs"][4], image_ops.normalize_image_float32(element["image"])
                 )
     assert sorted(names) == [f"val_{i:06d}" for i in range(5)]
 

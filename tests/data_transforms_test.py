@@ -1,4 +1,5 @@
-"""hfpl_jax.data.transforms against the official code (golden fixture) and NumPy models of PIL.
+"""hfpl_jax.data.transforms and hfpl_jax.data.color against the official code (golden fixture)
+and NumPy models of PIL.
 
 tests/testdata/data_golden.npz comes from scripts/make_golden_data.py (the command is in its
 docstring): the reference's own transforms run with their random draws replaced by stored values.
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hfpl_jax.data import coco, transforms, voc
+from hfpl_jax import affinity_pairs, image_ops
+from hfpl_jax.data import coco, color, transforms, voc
 from hfpl_jax.data.transforms import CropParams
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "testdata", "data_golden.npz")
@@ -60,13 +62,13 @@ def test_normalisation_of_every_level_into_any_output_view():
     levels = np.arange(256, dtype=np.uint8)
     image = np.stack([levels, levels[::-1], np.roll(levels, 77)], -1).reshape(16, 16, 3)
     want = ((image / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).astype(np.float32)
-    np.testing.assert_array_equal(transforms.normalize_uint8(image), want)
+    np.testing.assert_array_equal(image_ops.normalize_image(image), want)
     padded = np.zeros((20, 25, 3), np.float32)
-    result = transforms.normalize_uint8(image, out=padded[3:19, 5:21])
+    result = image_ops.normalize_image(image, out=padded[3:19, 5:21])
     assert np.shares_memory(result, padded)
     np.testing.assert_array_equal(padded[3:19, 5:21], want)
     assert not padded[:3].any() and not padded[:, :5].any() and not padded[:, 21:].any()
-    np.testing.assert_array_equal(transforms.normalize_uint8(image[:, ::-1]), want[:, ::-1])
+    np.testing.assert_array_equal(image_ops.normalize_image(image[:, ::-1]), want[:, ::-1])
 
 
 def test_cam_crop_matches_reference(golden):
@@ -76,9 +78,9 @@ def test_cam_crop_matches_reference(golden):
 
 def test_normalisation_matches_reference(golden):
     np.testing.assert_array_equal(
-        transforms.normalize_uint8(golden["norm_uint8_input"]), golden["norm_uint8_output"]
+        image_ops.normalize_image(golden["norm_uint8_input"]), golden["norm_uint8_output"]
     )
-    float32_out = transforms.normalize_float32(golden["norm_float32_input"])
+    float32_out = image_ops.normalize_image_float32(golden["norm_float32_input"])
     assert float32_out.dtype == np.float32
     np.testing.assert_array_equal(float32_out, golden["norm_float32_output"])
 
@@ -123,7 +125,7 @@ def test_affinity_labels_match_reference_at_56(golden):
 
 
 def test_affinity_offsets_are_the_reference_34():
-    offsets = transforms.affinity_offsets(5)
+    offsets = affinity_pairs.search_offsets(5)
     assert len(offsets) == 34
     assert offsets[:5] == [(0, 1), (0, 2), (0, 3), (0, 4), (1, -4)]
     assert offsets[-1] == (4, 2) and (4, -3) not in offsets and (3, -3) in offsets
@@ -208,8 +210,8 @@ def test_brightness_contrast_saturation_match_numpy_models(photo, factor):
         order = (op,)
         values = [None, None, None, None]
         values[op] = factor
-        params = transforms.ColorJitterParams(order, *values)
-        return np.asarray(transforms.color_jitter(Image.fromarray(photo), params))
+        params = color.ColorJitterParams(order, *values)
+        return np.asarray(color.color_jitter(Image.fromarray(photo), params))
 
     np.testing.assert_array_equal(run(0), _blend_model(np.zeros_like(photo), photo, factor))
     luma = _luma_model(photo)
@@ -221,7 +223,7 @@ def test_brightness_contrast_saturation_match_numpy_models(photo, factor):
 
 @pytest.mark.parametrize("hue", [-0.1, -0.05, 0.0, 0.003, 0.07, 0.1])
 def test_hue_shift_wraps_like_uint8(photo, hue):
-    out = transforms.adjust_hue(Image.fromarray(photo), hue)
+    out = color.adjust_hue(Image.fromarray(photo), hue)
     expected_shift = int(hue * 255) % 256  # np.uint8(hue * 255) on x86: truncate, wrap
     in_h, in_s, in_v = (np.asarray(c) for c in Image.fromarray(photo).convert("HSV").split())
     shifted = Image.merge(
@@ -248,8 +250,8 @@ def test_hsv_conversions_equal_pil_on_every_input():
     rgb = np.asarray(Image.frombytes("HSV", (4096, 4096), every.tobytes()).convert("RGB"))
     for rows in range(0, 4096, 1024):  # chunks bound the intermediates' memory
         part = every[rows : rows + 1024]
-        np.testing.assert_array_equal(transforms.rgb_to_hsv_pil(part), hsv[rows : rows + 1024])
-        np.testing.assert_array_equal(transforms.hsv_to_rgb_pil(part), rgb[rows : rows + 1024])
+        np.testing.assert_array_equal(color.rgb_to_hsv_pil(part), hsv[rows : rows + 1024])
+        np.testing.assert_array_equal(color.hsv_to_rgb_pil(part), rgb[rows : rows + 1024])
 
 
 def test_color_jitter_of_a_window_is_the_window_of_the_jitter():
@@ -259,53 +261,53 @@ def test_color_jitter_of_a_window_is_the_window_of_the_jitter():
     )
     whole_image = (0, 0, 121, 83)
     for _ in range(100):  # every order and factor pattern, contrast anywhere in the order
-        params = transforms.sample_color_jitter(rng, (0.3, 0.3, 0.3, 0.1))
+        params = color.sample_color_jitter(rng, (0.3, 0.3, 0.3, 0.1))
         if rng.random() < 0.3:
             params = dataclasses.replace(params, contrast=None)
-        full = np.asarray(transforms.color_jitter(image, params))
+        full = np.asarray(color.color_jitter(image, params))
         left, top = (int(v) for v in rng.integers(0, 50, 2))
         box = (left, top, left + int(rng.integers(1, 71)), top + int(rng.integers(1, 33)))
-        window = np.asarray(transforms.color_jitter(image, params, box))
+        window = np.asarray(color.color_jitter(image, params, box))
         np.testing.assert_array_equal(window, full[box[1] : box[3], box[0] : box[2]])
         np.testing.assert_array_equal(
-            np.asarray(transforms.color_jitter(image, params, whole_image)), full
+            np.asarray(color.color_jitter(image, params, whole_image)), full
         )
 
 
 def test_color_jitter_applies_ops_in_the_drawn_order(photo):
     image = Image.fromarray(photo)
-    forward = transforms.ColorJitterParams((0, 1, 2, 3), 1.2, 0.8, 1.25, 0.05)
-    backward = transforms.ColorJitterParams((3, 2, 1, 0), 1.2, 0.8, 1.25, 0.05)
+    forward = color.ColorJitterParams((0, 1, 2, 3), 1.2, 0.8, 1.25, 0.05)
+    backward = color.ColorJitterParams((3, 2, 1, 0), 1.2, 0.8, 1.25, 0.05)
     step = image
     for op in (0, 1, 2, 3):
-        step = transforms.color_jitter(
+        step = color.color_jitter(
             step,
-            transforms.ColorJitterParams(
+            color.ColorJitterParams(
                 (op,), *[v if i == op else None for i, v in enumerate((1.2, 0.8, 1.25, 0.05))]
             ),
         )
-    np.testing.assert_array_equal(np.asarray(transforms.color_jitter(image, forward)), step)
+    np.testing.assert_array_equal(np.asarray(color.color_jitter(image, forward)), step)
     assert not np.array_equal(
-        np.asarray(transforms.color_jitter(image, forward)),
-        np.asarray(transforms.color_jitter(image, backward)),
+        np.asarray(color.color_jitter(image, forward)),
+        np.asarray(color.color_jitter(image, backward)),
     )
 
 
 def test_color_jitter_sampling_ranges():
     rng = np.random.default_rng(0)
-    draws = [transforms.sample_color_jitter(rng, (0.3, 0.3, 0.3, 0.1)) for _ in range(2000)]
+    draws = [color.sample_color_jitter(rng, (0.3, 0.3, 0.3, 0.1)) for _ in range(2000)]
     for name, lo, hi in (("brightness", 0.7, 1.3), ("contrast", 0.7, 1.3), ("hue", -0.1, 0.1)):
         values = np.array([getattr(d, name) for d in draws])
         assert lo <= values.min() and values.max() <= hi
         assert values.min() < lo + 0.01 and values.max() > hi - 0.01
     orders = {d.order for d in draws}
     assert len(orders) == 24  # every permutation of the four operations occurs
-    off = transforms.sample_color_jitter(rng, (0.0, 0.5, 0.0, 0.0))
+    off = color.sample_color_jitter(rng, (0.0, 0.5, 0.0, 0.0))
     assert off.brightness is None and off.saturation is None and off.hue is None
     assert 0.5 <= off.contrast <= 1.5
-    assert transforms.sample_color_jitter(rng, (1.5, 0, 0, 0)).brightness >= 0.0  # max(0, 1 - b)
+    assert color.sample_color_jitter(rng, (1.5, 0, 0, 0)).brightness >= 0.0  # max(0, 1 - b)
     with pytest.raises(ValueError, match="hue"):
-        transforms.sample_color_jitter(rng, (0.3, 0.3, 0.3, 0.7))
+        color.sample_color_jitter(rng, (0.3, 0.3, 0.3, 0.7))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -347,8 +349,8 @@ def test_cam_train_transform_crops_after_normalising(photo):
         resized = transforms.resize_long(image, params.target_long)
         if params.flip:
             resized = resized.transpose(Image.FLIP_LEFT_RIGHT)
-        jittered = transforms.color_jitter(resized, params.jitter)
-        full = transforms.normalize_uint8(np.asarray(jittered))
+        jittered = color.color_jitter(resized, params.jitter)
+        full = image_ops.normalize_image(np.asarray(jittered))
         np.testing.assert_array_equal(out, transforms.crop_and_pad(full, params.crop, 0.0))
 
 

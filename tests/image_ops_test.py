@@ -1,4 +1,5 @@
-"""Tests of hfpl_jax.image_ops against float64 NumPy (from the spec) and torch golden values."""
+"""Tests of hfpl_jax.image_ops against float64 NumPy (PyTorch's interpolation formula, written out
+in the module docstring) and torch golden values."""
 
 import os
 import warnings
@@ -14,7 +15,7 @@ TESTDATA = os.path.join(os.path.dirname(__file__), "testdata")
 
 
 def _resize_axis_f64(x, axis, n_out, align_corners, ratio=None):
-    """Linear interpolation along one axis, float64, written from the spec's formula."""
+    """Linear interpolation along one axis, float64, from PyTorch's source-index formula."""
     n_in = x.shape[axis]
     if n_in == n_out:
         return x
@@ -108,7 +109,7 @@ def test_resize_gradient_is_adjoint():
     grad = jax.grad(
         lambda v: jnp.sum(image_ops.resize_bilinear(v, (9, 13), align_corners=True) * g)
     )(jnp.asarray(x))
-    # Build the float64 matrix column by column from the spec implementation.
+    # Build the float64 matrix column by column from the float64 implementation above.
     basis = np.eye(6 * 5).reshape(30, 1, 6, 5, 1)
     cols = np.stack([resize_f64(b, (9, 13), True)[0, :, :, 0].ravel() for b in basis], axis=1)
     want = np.einsum("oi,oc->ic", cols, g[0].reshape(-1, 2)).reshape(1, 6, 5, 2)
@@ -143,10 +144,30 @@ def test_normalize_image_matches_float64_then_cast():
         np.float32
     )
     assert np.any(f32 != want)
+    # ... and is the other contract (ImageNorm), from uint8 or float input alike.
+    np.testing.assert_array_equal(image_ops.normalize_image_float32(image), f32)
+    np.testing.assert_array_equal(image_ops.normalize_image_float32(image.astype(np.float32)), f32)
     with pytest.raises(ValueError, match="uint8"):
         image_ops.normalize_image(image.astype(np.float32))
     with pytest.raises(ValueError, match="RGB"):
         image_ops.normalize_image(image[..., :2])
+    with pytest.raises(ValueError, match="RGB"):
+        image_ops.normalize_image_float32(image[..., :2])
+
+
+def test_normalize_image_any_rank_numpy_or_jax_and_into_out():
+    batch = np.random.default_rng(6).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    want = np.stack([image_ops.normalize_image(b) for b in batch])  # (H, W, 3): the cv2.LUT path
+    np.testing.assert_array_equal(image_ops.normalize_image(batch), want)  # any rank: the table
+    np.testing.assert_array_equal(image_ops.normalize_image(batch[0, 0]), want[0, 0])
+    np.testing.assert_array_equal(np.asarray(image_ops.normalize_image(jnp.asarray(batch))), want)
+    out = np.full(batch.shape, np.nan, np.float32)
+    assert image_ops.normalize_image(batch, out=out) is out
+    np.testing.assert_array_equal(out, want)
+    with pytest.raises(ValueError, match="out must be float32"):
+        image_ops.normalize_image(batch[0], out=np.zeros((5, 7, 3), np.float64))
+    with pytest.raises(ValueError, match="jax array"):
+        image_ops.normalize_image(jnp.asarray(batch), out=out)
 
 
 def test_resize_numpy_float64_input_follows_jax_precision():

@@ -1,5 +1,6 @@
-"""Tests of hfpl_jax.losses against float64 NumPy written from the spec (§3.5, §10, App. C/D)
-and against the official code's outputs (tests/testdata/golden_losses.npz, made by
+"""Tests of hfpl_jax.losses against float64 NumPy written from the reference's definitions
+(``train_cam_voc.py``, ``tool/probutils.py``; the multinomial ISL of the predecessor, arXiv
+2203.12459) and against the official code's outputs (tests/testdata/golden_losses.npz, made by
 scripts/make_golden_losses.py)."""
 
 import math
@@ -37,7 +38,7 @@ def rng(request):
 
 
 # ---------------------------------------------------------------------------------------------
-# float64 NumPy references, from the spec
+# float64 NumPy references, from the reference's definitions
 # ---------------------------------------------------------------------------------------------
 
 
@@ -51,7 +52,7 @@ def np_mlsm(x, y):
 
 
 def np_fsl_weights(image, mu, sigma, px, radius=None):
-    """W[n] = G * sx (HW x HW) per image, from §3.5f."""
+    """W[n] = G * sx (HW x HW) per image, as ``tool/probutils.feature_similarity_loss``."""
     n, h, w, cx = image.shape
     hw = h * w
     x = np.clip(image.reshape(n, hw, cx).astype(np.float64), 0.0, 1.0)
@@ -414,7 +415,8 @@ def test_er_matches_numpy(rng):
 
 
 def test_ecr_matches_numpy_and_k_is_the_references(rng):
-    assert losses._ecr_top_k(21, 134, 134, 0.2) == 75415  # VOC (spec §3.5e)
+    # VOC: train_cam_voc.py's (int)(21*hs*ws*0.2) at hs = ws = 134.
+    assert losses._ecr_top_k(21, 134, 134, 0.2) == 75415
     assert losses._ecr_top_k(81, 134, 134, 0.2) == 290887  # COCO
     cam_rv = rng.uniform(size=(2, 9, 7, 5)).astype(np.float32)
     cam_other = rng.uniform(size=(2, 9, 7, 5)).astype(np.float32)

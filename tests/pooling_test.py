@@ -1,4 +1,6 @@
-"""Tests of hfpl_jax.pooling against float64 NumPy written from the spec (§3.4, §3.5b, App. C)
+"""Tests of hfpl_jax.pooling against float64 NumPy written from the reference's definitions
+(``tool/visualization.max_norm``, ``max_onehot`` of ``train_cam_voc.py``,
+``tool/probutils.sample_probs``; the multinomial posterior of the predecessor, arXiv 2203.12459)
 and against the official code's outputs (tests/testdata/golden_losses.npz, made by
 scripts/make_golden_losses.py)."""
 
@@ -17,7 +19,7 @@ GOLDEN = os.path.join(os.path.dirname(__file__), "testdata", "golden_losses.npz"
 
 
 # ---------------------------------------------------------------------------------------------
-# float64 NumPy references, from the spec
+# float64 NumPy references, from the reference's definitions
 # ---------------------------------------------------------------------------------------------
 
 
@@ -119,7 +121,7 @@ def test_max_norm_matches_numpy_and_jit_equals_eager(rng):
 
 
 def test_max_norm_gradient_matches_finite_differences(rng):
-    # Tie-free continuous inputs; min and max carry gradient (spec App. D).
+    # Tie-free continuous inputs; min and max carry gradient (max_norm does not detach them).
     x = rng.normal(size=(2, 5, 4, 3)).astype(np.float32)
     weights = rng.normal(size=x.shape)
     got = jax.grad(lambda a: jnp.sum(pooling.max_norm(a) * weights))(x)

@@ -5,9 +5,11 @@
   :mod:`~hfpl_jax.data.builders` turns them into TFDS array_record datasets, checked by
   :mod:`~hfpl_jax.data.validation`.
 - :mod:`~hfpl_jax.data.sources`: where a dataset lives, building on demand, TF-free reading.
-- :mod:`~hfpl_jax.data.transforms`: host-side NumPy/PIL/OpenCV augmentations (the reference's).
+- :mod:`~hfpl_jax.data.transforms`: host-side NumPy/PIL/OpenCV augmentations (the reference's),
+  with torchvision's colour jitter in :mod:`~hfpl_jax.data.color`.
 - :mod:`~hfpl_jax.data.input_pipeline`: grain pipelines (CAM, AffinityNet and segmentation training;
-  multi-scale inference) and the host-batch -> global ``jax.Array`` step.
+  multi-scale inference) yielding host-local NumPy batches, which
+  ``hfpl_jax.parallel.host_batch_to_global`` turns into global ``jax.Array`` batches.
 - :mod:`~hfpl_jax.data.cli`: ``hfpl-jax build-dataset``.
 """
 

@@ -17,13 +17,17 @@ and the list is written to ``build_report.json`` next to the dataset.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
+from hfpl_jax import atomic_io
 from hfpl_jax.data import sources
 from hfpl_jax.data.validation import BadExampleError
+
+__all__ = [
+    "main",
+]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,14 +58,6 @@ def _parser() -> argparse.ArgumentParser:
     shapes.add_argument("--seed", type=int, help="generator seed (0)")
     shapes.add_argument("--void-band", type=int, help="width of the 255 boundary band (0)")
     return parser
-
-
-def _write_json_atomic(path: str, payload: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": list(builder.bad_examples.rows),
         "label_source": builder.info.metadata.get("label_source"),
     }
-    _write_json_atomic(os.path.join(directory, "build_report.json"), report)
+    atomic_io.write_json(os.path.join(directory, "build_report.json"), report)
     print(f"Built {args.name} in {seconds:.1f} s at {directory}")
     for name, count in splits.items():
         print(f"  {name}: {count} examples")

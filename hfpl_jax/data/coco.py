@@ -8,9 +8,9 @@ The manual folder given to ``hfpl-jax build-dataset coco2014_wsss --manual-dir M
     M/val2014/COCO_val2014_<12-digit id>.jpg
     M/cls_labels.npy                                (optional: overrides the labels)
 
-Masks follow the reference's ``process_coco.py`` (spec section 9.2): category ids, ascending, map to
-indices 0..79; a uint8 map starts at 0 and every annotation of the image is painted in the order of
-the JSON's ``annotations`` list with value index + 1, so later instances overwrite earlier ones.
+Masks follow the reference's ``process_coco.py``: category ids, ascending, map to indices 0..79;
+a uint8 map starts at 0 and every annotation of the image is painted in the order of the JSON's
+``annotations`` list with value index + 1, so later instances overwrite earlier ones.
 Polygons are truncated to int32 (``np.array(polygon, dtype=np.int32)``, toward zero) and filled one
 by one with ``cv2.fillPoly``; RLE masks (crowd regions; uncompressed ``counts`` lists and compressed
 strings) are decoded with pycocotools and painted with the class value too (no void region). Labels
@@ -27,6 +27,17 @@ import warnings
 import numpy as np
 
 from hfpl_jax.data.validation import BadExampleError
+
+__all__ = [
+    "CLASS_NAMES",
+    "CocoIndex",
+    "NUM_CLASSES",
+    "SPLITS",
+    "annotation_path",
+    "example_name",
+    "find_image_file",
+    "semantic_mask",
+]
 
 CLASS_NAMES = (
     "person", "bicycle", "car", "motorbike", "aeroplane", "bus", "train", "truck", "boat",

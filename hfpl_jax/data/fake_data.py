@@ -15,6 +15,15 @@ from PIL import Image
 
 from hfpl_jax.data import coco, shapes, voc
 
+__all__ = [
+    "COCO_CATEGORY_IDS",
+    "cam_train_input_config",
+    "synthetic_image_and_mask",
+    "write_fake_coco",
+    "write_fake_voc",
+    "write_voc_xml",
+]
+
 # COCO's 80 category ids (1..90 with gaps), ascending.
 COCO_CATEGORY_IDS = (
     1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28,
@@ -200,9 +209,9 @@ def write_fake_coco(
 
 def cam_train_input_config(dataset: str, data_dir: str, split: str, **overrides) -> dict:
     """A plain-dict ``input_config`` for ``input_pipeline.make_cam_train_iterator`` on a built
-    ``dataset``: the reference's CAM-training augmentation (spec §3.1: global batch 8, crop 448,
-    resize-long (448, 768), flip, colour jitter (0.3, 0.3, 0.3, 0.1), shuffled), then
-    ``overrides`` (smaller sizes, ``worker_count``, ``builder_kwargs``, ...).
+    ``dataset``: the reference's CAM-training augmentation (``train_cam_voc.py``'s defaults: global
+    batch 8, crop 448, resize-long (448, 768), flip, colour jitter (0.3, 0.3, 0.3, 0.1),
+    shuffled), then ``overrides`` (smaller sizes, ``worker_count``, ``builder_kwargs``, ...).
 
     A dict rather than a ConfigDict, so that a test can ``repr`` it into a subprocess script.
     """

@@ -36,6 +36,27 @@ from PIL import Image
 
 from hfpl_jax.data import sources, transforms
 
+__all__ = [
+    "AffTrainExample",
+    "BatchIterator",
+    "CamTrainExample",
+    "EpochOrder",
+    "MsfExample",
+    "STREAM_AFF",
+    "STREAM_CAM",
+    "STREAM_SEG",
+    "SegTrainExample",
+    "cam_train_steps_per_epoch",
+    "decode_image_cv2",
+    "example_rng",
+    "load_crf_dict",
+    "load_label_png",
+    "make_aff_train_iterator",
+    "make_cam_train_iterator",
+    "make_msf_inference_iterator",
+    "make_seg_train_iterator",
+]
+
 _PERMUTATION_TAG = 0x5EED
 STREAM_CAM, STREAM_AFF, STREAM_SEG = 1, 2, 3
 
@@ -303,7 +324,7 @@ class _TrainExample:
 
 
 # --------------------------------------------------------------------------------------------------
-# CAM training (spec §3.3)
+# CAM training (train_cam_voc.py, voc12/data.py VOC12ClsDataset)
 
 
 class CamTrainExample(_TrainExample):
@@ -374,7 +395,7 @@ def cam_train_steps_per_epoch(input_config, *, process_count: int = 1) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# AffinityNet training (spec §7.2)
+# AffinityNet training (train_aff_voc.py, voc12/data.py VOC12AffDataset)
 
 
 def load_crf_dict(directory: str, name: str) -> dict:
@@ -425,7 +446,7 @@ class AffTrainExample(_TrainExample):
 def make_aff_train_iterator(
     input_config, *, seed: int, process_index: int = 0, process_count: int = 1
 ):
-    """Host-local AffinityNet training batches (spec §7.2).
+    """Host-local AffinityNet training batches (``train_aff_voc.py``, ``VOC12AffDataset``).
 
     input_config fields: ``dataset``, ``data_dir``, ``split``, ``la_dir`` / ``ha_dir`` (folders of
     CRF score dicts ``<name>.npy`` for the low / high background power), ``global_batch_size`` (8),
@@ -453,7 +474,7 @@ def make_aff_train_iterator(
 
 
 # --------------------------------------------------------------------------------------------------
-# Segmentation training (spec §8.3)
+# Segmentation training (train_final_voc.py, lib/datasets/BaseDataset transform "weak")
 
 
 def decode_image_cv2(data: bytes) -> np.ndarray:
@@ -527,7 +548,8 @@ class SegTrainExample(_TrainExample):
 def make_seg_train_iterator(
     input_config, *, seed: int, process_index: int = 0, process_count: int = 1
 ):
-    """Host-local segmentation training batches (spec §8.3, transform 'weak').
+    """Host-local segmentation training batches (``train_final_voc.py``: ``lib/datasets``
+    ``VOCDataset`` with transform "weak").
 
     input_config fields: ``dataset``, ``data_dir``, ``split``, ``label_dir`` (folder of pseudo-label
     PNGs ``<name>.png``; None/"" trains on the dataset's own masks), ``global_batch_size`` (10),
@@ -554,7 +576,7 @@ def make_seg_train_iterator(
 
 
 # --------------------------------------------------------------------------------------------------
-# Multi-scale + flip inference (spec §4, §8.5)
+# Multi-scale + flip inference (infer_cam_voc.py, eval_final_voc.py)
 
 
 class MsfExample:
@@ -562,9 +584,12 @@ class MsfExample:
 
     def __init__(self, raw, *, method: str, scales, flip: bool):
         if method not in ("cam", "seg"):
-            raise ValueError(f"msf method must be 'cam' (spec §4) or 'seg' (§8.5), got {method!r}")
+            raise ValueError(
+                f"msf method must be 'cam' (infer_cam_voc.py) or 'seg' (eval_final_voc.py), "
+                f"got {method!r}"
+            )
         if method == "cam" and not flip:
-            raise ValueError("the CAM inference inputs always include the flips (spec §4)")
+            raise ValueError("the CAM inference inputs always include the flips (infer_cam_voc.py)")
         self.raw, self.method = raw, method
         self.scales, self.flip = tuple(float(s) for s in scales), bool(flip)
 
@@ -597,9 +622,10 @@ def make_msf_inference_iterator(
     examples to read, in that order (e.g. a shard sorted by image size, less finished images).
 
     input_config fields: ``dataset``, ``data_dir``, ``split``, ``method`` ("cam": PIL bicubic on
-    the uint8 image, then float64 normalisation (§4); "seg": float32 ``ImageNorm`` then OpenCV cubic
-    (§8.5)), ``scales`` ((0.5, 1.0, 1.5, 2.0) for "cam"; (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) for
-    "seg"), ``flip`` (True), ``worker_count``, ``read_threads``, ``builder_kwargs``.
+    the uint8 image, then float64 normalisation, as ``infer_cam_voc.py``; "seg": float32
+    ``ImageNorm`` then OpenCV cubic, as ``eval_final_voc.py``), ``scales`` ((0.5, 1.0, 1.5, 2.0)
+    for "cam"; (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) for "seg"), ``flip`` (True), ``worker_count``,
+    ``read_threads``, ``builder_kwargs``.
 
     Yields:
       {"name": str, "index": int, "labels": (K,) float32, "image": (H, W, 3) uint8 original,

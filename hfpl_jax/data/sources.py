@@ -22,6 +22,26 @@ from PIL import Image
 
 from hfpl_jax.data import coco, shapes, voc
 
+__all__ = [
+    "DATASET_NAMES",
+    "DecodedSource",
+    "GENERATED",
+    "RawSource",
+    "SPLITS",
+    "build",
+    "class_names",
+    "dataset_dir",
+    "decode_image",
+    "decode_mask",
+    "ensure_built",
+    "is_built",
+    "num_classes",
+    "num_examples",
+    "open_split",
+    "raw_source",
+    "shapes_params",
+]
+
 DATASET_NAMES = ("hfpl_shapes", "voc2012_wsss", "coco2014_wsss")
 GENERATED = ("hfpl_shapes",)
 _VERSIONS = {

@@ -16,6 +16,19 @@ import warnings
 import numpy as np
 from PIL import Image
 
+__all__ = [
+    "BadExampleError",
+    "BadExampleLog",
+    "check_labels",
+    "check_mask",
+    "decode_image_bytes",
+    "decode_image_file",
+    "decode_mask_file",
+    "encode_png",
+    "image_bytes_for_storage",
+    "require_file",
+]
+
 
 class BadExampleError(ValueError):
     """A source file that must not enter a dataset; ``path`` names it, ``problem`` says why."""

@@ -10,7 +10,8 @@ The manual folder given to ``hfpl-jax build-dataset voc2012_wsss --manual-dir M`
     M/train_aug.txt                                        (optional: overrides the train_aug list)
     M/cls_labels.npy                                       (optional: overrides the labels)
 
-(``M`` may also be the ``VOC2012`` folder itself.) Splits, as the reference (spec section 9.1):
+(``M`` may also be the ``VOC2012`` folder itself.) Splits, as the reference's
+``voc12/*.txt`` lists and ``config_voc.sh``:
 
 - ``train_aug``: every name with a SegmentationClassAug mask, minus the val names, sorted
   (10,582 for the full SBD release; the reference's ``voc12/train_aug.txt``); masks from
@@ -33,6 +34,21 @@ import xml.etree.ElementTree as ElementTree
 import numpy as np
 
 from hfpl_jax.data.validation import BadExampleError
+
+__all__ = [
+    "CLASS_NAMES",
+    "NUM_CLASSES",
+    "SPLITS",
+    "find_voc_root",
+    "image_path",
+    "label_source",
+    "labels_from_mask",
+    "labels_from_xml",
+    "load_label_override",
+    "mask_path",
+    "read_name_list",
+    "split_names",
+]
 
 CLASS_NAMES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -16,33 +16,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
+from hfpl_jax import atomic_io
+from hfpl_jax.atomic_io import write_json as write_json_atomic  # noqa: F401 (its callers' name)
 from hfpl_jax.image_ops import IMAGENET_MEAN, IMAGENET_STD
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
-
-
-def write_json_atomic(path: str, value: Any) -> None:
-    """Writes JSON to a temporary file in the same directory and renames it over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def truncate_metrics(path: str, keep_through_step: int) -> None:
@@ -61,11 +46,7 @@ def truncate_metrics(path: str, keep_through_step: int) -> None:
                 continue  # a line cut by a kill mid-write
             if record.get("step", 0) <= keep_through_step:
                 kept.append(line)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", dir=directory)
-    with os.fdopen(fd, "w") as f:
-        f.writelines(line + "\n" for line in kept)
-    os.replace(tmp, path)
+    atomic_io.write_text(path, "".join(line + "\n" for line in kept))
 
 
 class Accumulator:
