@@ -87,55 +87,56 @@ def _scale_factors(d: int) -> np.ndarray:
 
 
 def _elevate(features: jax.Array) -> jax.Array:
-    """(N, d) -> (N, d+1): E f, the elevated coordinates (summing to 0), accumulated in the C++
+    """(d, N) -> (d+1, N): E f, the elevated coordinates (summing to 0), accumulated in the C++
     code's order (from the last feature down), so the rounding below sees the same floats."""
-    d = features.shape[-1]
+    d = features.shape[0]
     scale = _scale_factors(d)
     elevated = [None] * (d + 1)
-    running = jnp.zeros(features.shape[:-1], jnp.float32)
+    running = jnp.zeros(features.shape[1:], jnp.float32)
     for j in range(d, 0, -1):
-        scaled = features[:, j - 1] * scale[j - 1]
+        scaled = features[j - 1] * scale[j - 1]
         elevated[j] = running - np.float32(j) * scaled
         running = running + scaled
     elevated[0] = running
-    return jnp.stack(elevated, axis=-1)
+    return jnp.stack(elevated)
 
 
 def _simplex(features: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Each point's enclosing simplex, (N, d) -> rem0, rank (N, d+1) int32, barycentric (N, d+1).
+    """Each point's enclosing simplex, (d, N) -> rem0, rank (d+1, N) int32, barycentric (d+1, N).
 
     rem0: the nearest remainder-0 lattice point (multiples of d+1); rank: the position of each
-    coordinate of the residual in descending order; barycentric[:, r]: the weight of the vertex
-    with remainder r. Follows Adams et al. §3.1 and the C++ code's rounding (half to even, as its
-    SSE build) and tie-break: of two equal residual coordinates, the later one ranks higher.
+    coordinate of the residual in descending order; barycentric[r]: the weight of the vertex with
+    remainder r. Follows Adams et al. §3.1 and the C++ code's rounding (half to even, as its SSE
+    build) and tie-break: of two equal residual coordinates, the later one ranks higher.
+    (Coordinate-major, so elementwise work runs along N.)
     """
-    d = features.shape[-1]
+    d = features.shape[0]
     elevated = _elevate(features)
     down = np.float32(1.0) / np.float32(d + 1)
     up = np.float32(d + 1)
     rounded = jnp.round(elevated * down)
     rem0 = rounded * up
-    total = jnp.sum(rounded, axis=-1, keepdims=True)  # small integers: exact in any order
+    total = jnp.sum(rounded, axis=0)  # small integers: exact in any order
     residual = elevated - rem0
     # For i < j the C++ code adds 1 to rank_i if residual_i < residual_j, else to rank_j.
-    earlier = np.triu(np.ones((d + 1, d + 1), bool), 1)  # earlier[i, j]: i < j
-    r_i, r_j = residual[:, :, None], residual[:, None, :]
-    rank = jnp.sum((earlier & (r_i < r_j)) | (earlier.T & ~(r_j < r_i)), axis=-1)
-    rank = rank.astype(jnp.float32) + total
+    # (Sums of d+1 full-width terms rather than a (d+1, d+1, N) reduction: one fused loop.)
+    index = np.arange(d + 1)[:, None]
+    rank = total
+    for j in range(d + 1):
+        other = residual[j][None]
+        beats = jnp.where(index < j, residual < other, (index > j) & ~(other < residual))
+        rank = rank + beats.astype(jnp.float32)
     wrap = jnp.where(rank < 0, up, 0.0) - jnp.where(rank >= up, up, 0.0)
     rank, rem0 = rank + wrap, rem0 + wrap
     scaled = (elevated - rem0) * down
     # barycentric[p] = v[rank d-p] - v[rank d-p+1] (p >= 1), barycentric[0] = v[rank d] +
     # (1 - v[rank 0]): each is the one or two terms the C++ code accumulates.
-    one_hot = rank[:, :, None] == np.arange(d + 1, dtype=np.float32)
-    by_rank = jnp.sum(jnp.where(one_hot, scaled[:, :, None], 0.0), axis=1)  # one term: exact
-    descending = by_rank[:, ::-1]  # descending[:, p] = v[rank d-p]
+    by_rank = jnp.zeros_like(scaled)  # by_rank[k] = v_i for the i of rank k (one term: exact)
+    for i in range(d + 1):
+        by_rank = by_rank + jnp.where(rank[i][None] == index, scaled[i][None], 0.0)
+    descending = by_rank[::-1]  # descending[p] = v[rank d-p]
     barycentric = jnp.concatenate(
-        [
-            descending[:, :1] + (np.float32(1.0) - by_rank[:, :1]),
-            descending[:, 1:] - descending[:, :-1],
-        ],
-        axis=-1,
+        [descending[:1] + (np.float32(1.0) - by_rank[:1]), descending[1:] - descending[:-1]]
     )
     return rem0.astype(jnp.int32), rank.astype(jnp.int32), barycentric
 
@@ -250,16 +251,16 @@ def build_lattice(
         raise ValueError(f"feature_bounds has {len(feature_bounds)} entries, features has d={d}")
     codec = _KeyCodec(feature_bounds)
     features = features.astype(jnp.float32)
-    rem0, rank, barycentric = _simplex(features)
+    rem0, rank, barycentric = _simplex(features.T)
     # Vertex r of the simplex: rem0 + the canonical simplex's corner r permuted by rank, whose
     # coordinate is r where rank <= d - r and r - (d+1) elsewhere (stored: the first d of d+1).
-    remainder = np.arange(d + 1, dtype=np.int32)[None, :, None]
-    corner = jnp.where(rank[:, None, :d] <= d - remainder, remainder, remainder - (d + 1))
-    coords = rem0[:, None, :d] + corner  # (N, d+1, d)
-    words = codec.pack(
-        jnp.broadcast_to(remainder[..., 0], (n, d + 1)), [coords[..., i] for i in range(d)]
-    )
-    entries = tuple(w.T.reshape(-1) for w in words)  # remainder-major: entry r * N + i
+    remainder = np.arange(d + 1, dtype=np.int32)[:, None]
+    coords = [
+        rem0[i] + jnp.where(rank[i] <= d - remainder, remainder, remainder - (d + 1))
+        for i in range(d)
+    ]
+    words = codec.pack(jnp.broadcast_to(remainder, (d + 1, n)), coords)
+    entries = tuple(w.reshape(-1) for w in words)  # remainder-major: entry r * N + i
     size = n * (d + 1)
 
     # Distinct keys, in sorted order, packed into the first M slots of `table`; the table is
@@ -297,7 +298,7 @@ def build_lattice(
 
     neighbours = jnp.full((d + 1, 2, capacity), capacity, jnp.int32)
     neighbours = lax.fori_loop(0, _num_chunks(num_vertices, chunk), neighbours_of_chunk, neighbours)
-    return Lattice(offsets, barycentric.T, neighbours, num_vertices, chunk)
+    return Lattice(offsets, barycentric, neighbours, num_vertices, chunk)
 
 
 def filter_workspace(lattice: Lattice, num_channels: int) -> tuple[jax.Array, jax.Array] | None:
@@ -381,4 +382,5 @@ def lattice_filter_into(lattice: Lattice, values: jax.Array, workspace):
     for r in range(d + 1):
         vertex_values = buffers[current].at[offsets[r]].get(mode="promise_in_bounds")
         out = out + (weights[r] * alpha)[:, None] * vertex_values
+    out = lax.optimization_barrier(out)
     return out, (None if trimmed else tuple(buffers))
