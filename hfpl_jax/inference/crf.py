@@ -186,7 +186,7 @@ def dense_crf(
     return _dense_crf(
         image,
         probs,
-        iterations=int(iterations),
+        int(iterations),
         gaussian_sxy=_check_positive("gaussian_sxy", gaussian_sxy),
         gaussian_compat=_check_finite("gaussian_compat", gaussian_compat),
         bilateral_sxy=_check_positive("bilateral_sxy", bilateral_sxy),
@@ -199,7 +199,6 @@ def dense_crf(
 @functools.partial(
     jax.jit,
     static_argnames=(
-        "iterations",
         "gaussian_sxy",
         "gaussian_compat",
         "bilateral_sxy",
@@ -211,8 +210,8 @@ def dense_crf(
 def _dense_crf(
     image,
     probs,
-    *,
     iterations,
+    *,
     gaussian_sxy,
     gaussian_compat,
     bilateral_sxy,

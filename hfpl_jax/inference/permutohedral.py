@@ -86,16 +86,27 @@ def _scale_factors(d: int) -> np.ndarray:
     )
 
 
+def _unfused(product: jax.Array, zero: jax.Array) -> jax.Array:
+    """``product``, rounded to float32 on its own. XLA contracts ``a * b + c`` into a fused
+    multiply-add (one rounding) where the C++ code rounds the product first, and the elevated
+    coordinates must match it bit for bit (they decide which vertices exist). OR-ing the bits
+    with ``zero``, a zero the compiler cannot prove to be one (a reduction computed in another
+    kernel), keeps the two operations apart."""
+    bits = lax.bitcast_convert_type(product, jnp.int32) | zero
+    return lax.bitcast_convert_type(bits, jnp.float32)
+
+
 def _elevate(features: jax.Array) -> jax.Array:
     """(d, N) -> (d+1, N): E f, the elevated coordinates (summing to 0), accumulated in the C++
     code's order (from the last feature down), so the rounding below sees the same floats."""
     d = features.shape[0]
     scale = _scale_factors(d)
+    zero = (jnp.max(features[0]) < jnp.min(features[0])).astype(jnp.int32)  # always 0
     elevated = [None] * (d + 1)
     running = jnp.zeros(features.shape[1:], jnp.float32)
     for j in range(d, 0, -1):
-        scaled = features[j - 1] * scale[j - 1]
-        elevated[j] = running - np.float32(j) * scaled
+        scaled = _unfused(features[j - 1] * scale[j - 1], zero)
+        elevated[j] = running - _unfused(np.float32(j) * scaled, zero)
         running = running + scaled
     elevated[0] = running
     return jnp.stack(elevated)
@@ -382,5 +393,4 @@ def lattice_filter_into(lattice: Lattice, values: jax.Array, workspace):
     for r in range(d + 1):
         vertex_values = buffers[current].at[offsets[r]].get(mode="promise_in_bounds")
         out = out + (weights[r] * alpha)[:, None] * vertex_values
-    out = lax.optimization_barrier(out)
     return out, (None if trimmed else tuple(buffers))
