@@ -43,7 +43,14 @@ DEFAULT_CHUNK = 8192
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["offsets", "weights", "neighbours", "num_vertices"],
+    data_fields=[
+        "offsets",
+        "weights",
+        "neighbours",
+        "num_vertices",
+        "splat_points",
+        "splat_weights",
+    ],
     meta_fields=["chunk"],
 )
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +64,8 @@ class Lattice:
     num_vertices: the number of distinct vertices M <= V: a Python int after ``trim``, else an
       int32 scalar.
     chunk: the static row count of one step of the per-vertex loops (divides V).
+    splat_points, splat_weights: (M, L) after ``trim``, else None: the points splatting onto each
+      vertex (in point order; padded with point 0 and weight 0), so that the splat is a gather.
     """
 
     offsets: jax.Array
@@ -64,17 +73,33 @@ class Lattice:
     neighbours: jax.Array
     num_vertices: int | jax.Array
     chunk: int
+    splat_points: jax.Array | None = None
+    splat_weights: jax.Array | None = None
 
     @property
     def capacity(self) -> int:
         return self.neighbours.shape[-1]
 
     def trim(self) -> Lattice:
-        """The same lattice with arrays cut to exactly M vertices (needs concrete values)."""
+        """The same lattice with arrays cut to exactly M vertices, and the splat as a gather
+        (XLA's scatter-add is several times slower than a fused gather): needs concrete values,
+        e.g. a lattice whose features are known when the program is traced."""
         m = int(self.num_vertices)
         neighbours = np.asarray(self.neighbours)[..., :m]
         neighbours = np.where(neighbours >= m, m, neighbours).astype(np.int32)
-        return Lattice(np.asarray(self.offsets), np.asarray(self.weights), neighbours, m, m)
+        offsets, weights = np.asarray(self.offsets), np.asarray(self.weights)
+        num_points = offsets.shape[1]
+        vertex = offsets.reshape(-1)
+        point = np.tile(np.arange(num_points, dtype=np.int32), offsets.shape[0])
+        order = np.lexsort((point, vertex))  # by vertex, then point: the C++ splat order
+        counts = np.bincount(vertex, minlength=m)
+        starts = np.cumsum(counts) - counts
+        slot = np.arange(vertex.size) - starts[vertex[order]]
+        splat_points = np.zeros((m, counts.max()), np.int32)
+        splat_weights = np.zeros((m, counts.max()), np.float32)
+        splat_points[vertex[order], slot] = point[order]
+        splat_weights[vertex[order], slot] = weights.reshape(-1)[order]
+        return Lattice(offsets, weights, neighbours, m, m, splat_points, splat_weights)
 
 
 def _scale_factors(d: int) -> np.ndarray:
@@ -393,4 +418,9 @@ def lattice_filter_into(lattice: Lattice, values: jax.Array, workspace):
     for r in range(d + 1):
         vertex_values = buffers[current].at[offsets[r]].get(mode="promise_in_bounds")
         out = out + (weights[r] * alpha)[:, None] * vertex_values
+    # Materialise the slice on its own (see _unfused): otherwise XLA fuses it into the caller's
+    # softmax reduction, a library fusion that cannot take gathers, and writes each of the d+1
+    # gathered (N, C) arrays to memory first.
+    zero = (jnp.max(values[:, 0]) < jnp.min(values[:, 0])).astype(jnp.int32)
+    out = _unfused(out, zero)
     return out, (None if trimmed else tuple(buffers))
