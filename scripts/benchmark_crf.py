@@ -10,13 +10,16 @@ bilateral sxy 80 srgb 13 compat 10).
 Reported per (image, alpha): the fraction of pixels whose argmax label agrees and the largest
 |Q_jax - Q_pydensecrf|; and the time per image: JAX jitted (the one compilation excluded),
 pydensecrf including its lattice construction, both as process CPU time (all threads) and wall
-time, interleaved call by call so that a shared machine's load hits both alike (the median over
-``--repeats`` rounds is reported). ``--device gpu`` runs the JAX CRF on the first GPU (and a
-vmapped batch of the images) and compares its wall time with pydensecrf's on the CPU.
+time (XLA uses every core unless ``--single-thread``; pydensecrf one), interleaved call by call so
+that a shared machine's load hits both alike (the median over ``--repeats`` rounds is reported).
+``--device gpu`` runs the JAX CRF on the first GPU (and a vmapped batch of the images) and
+compares its wall time with pydensecrf's on the CPU.
 
-Command used for BENCHMARKS.md:
+Commands used for BENCHMARKS.md:
 
     .venv/bin/python scripts/benchmark_crf.py --json-out benchmark_crf.json
+    .venv/bin/python scripts/benchmark_crf.py --single-thread --json-out benchmark_crf_1t.json
+    .venv/bin/python scripts/benchmark_crf.py --device gpu --json-out benchmark_crf_gpu.json
 """
 
 from __future__ import annotations
@@ -103,8 +106,16 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds per input")
     parser.add_argument("--images", nargs="+", default=list(IMAGES))
+    parser.add_argument(
+        "--single-thread",
+        action="store_true",
+        help="run XLA's CPU code on one thread, as pydensecrf runs (a like-for-like CPU time)",
+    )
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args(argv)
+    if args.single_thread:  # read once, when the backend starts: before jax is imported
+        flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
 
     import jax
 
@@ -214,6 +225,7 @@ def main(argv=None) -> int:
             "python": sys.version.split()[0],
             "jax": jax.__version__,
             "device": str(device),
+            "single_thread": args.single_thread,
         },
         "params": {**CRF_PARAMS, "height": HEIGHT, "width": WIDTH, "num_labels": NUM_LABELS},
         "rows": rows,
