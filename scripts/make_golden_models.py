@@ -114,15 +114,6 @@ def _nhwc(t):
     return t.detach().numpy().transpose(0, 2, 3, 1).copy()
 
 
-def _test_loss(outputs_nchw: dict):
-    """sum over outputs of sum(loss_weights * output), weights laid out in NHWC order."""
-    total = 0.0
-    for value in outputs_nchw.values():
-        w = loss_weights(tuple(value.shape[i] for i in (0, 2, 3, 1)))
-        total = total + (value * _nchw(w)).sum()
-    return total
-
-
 def _load(net, state: dict) -> None:
     import torch
 
@@ -167,39 +158,313 @@ def _parameter_groups(net, frozen_after_train: bool) -> dict:
     return {"group_names": np.array(names), "group_labels": np.array(labels, np.int32)}
 
 
-def make_seam(out_dir: str, reference: str) -> None:
-    """Full-size SEAM (network/resnet38_SEAM.Net), eval mode."""
-    import_reference(reference)
-    import network.resnet38_SEAM as seam_module
+# ------------------------------------------------------------------------------------------------
+# SEAM: float32 golden, float64 golden and the float32 conditioning of the test problem.
 
-    from hfpl_jax.weights import seeded_state_dict
+SEAM_FULL_GRADS = ("fc8.weight", "f8_3.weight", "f8_4.weight", "f9.weight", "conv1a.weight")
+SEAM_GRAD_SLICES = {
+    "b4_3.conv_branch2a.weight": np.s_[:8, :8],
+    "b7.conv_branch2b2.weight": np.s_[:16, :16],
+    "b6.bn_branch2b1.weight": np.s_[:],
+    "bn7.weight": np.s_[:],
+    "b3.bn_branch2a.bias": np.s_[:],
+}
+# The float64 golden is stored for these views (float64 does not compress; the full float32
+# arrays stay): outputs every third row and column, full gradients their first 16 x 64 channels
+# (conv1a whole), the gradient slices whole. tests/parity_test.py cuts the same views.
+SEAM_OUTPUT_VIEW = np.s_[:, ::3, ::3, :]
+SEAM_HEAD_GRAD_VIEW = np.s_[:16, :64]
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+# A ReLU input of the float64 run closer to 0 than KINK_REACH x the largest float32 error of its
+# layer (PyTorch float32 against float64) is a "kink": a float32 implementation may put it on
+# either side of 0. The ports measured so far err by 0.4-1.3x PyTorch's per-layer error; 8 is ample.
+KINK_REACH = 8.0
+# Rounding sensitivity: the float64 gradients' change when every datum (input, parameter, buffer)
+# is scaled by (1 + t u s), s = +-1 at random, divided by t. t keeps the perturbation ~1e-3 of the
+# nearest kink, so it measures the smooth part (u x condition) and flips no ReLU.
+SENSITIVITY_T = 1e-3
 
+
+class _ReluInputs:
+    """Record the input of every ``F.relu`` call of the reference, named by the module producing it.
+
+    The reference's modules call ``torch.nn.functional.relu``; inside the ``with`` block that
+    attribute is a recording wrapper (the reference is not edited). In-place calls run out of place
+    (same values) so the recorded inputs stay intact. ``calls`` holds ``(module name or None,
+    input, output)`` for the calls whose input carries a gradient."""
+
+    def __init__(self, net):
+        self.net = net
+        self.calls: list = []
+        self._producer: dict[int, tuple[str, object]] = {}
+
+    def __enter__(self):
+        import torch
+        import torch.nn.functional as F
+
+        self._hooks = []
+        for name, module in self.net.named_modules():
+            if isinstance(module, torch.nn.Conv2d | torch.nn.BatchNorm2d):
+                hook = module.register_forward_hook(self._remember(name))
+                self._hooks.append(hook)
+        self._relu = F.relu
+
+        def relu(x, inplace=False):
+            y = self._relu(x)
+            if x.requires_grad:
+                name, tensor = self._producer.get(id(x), (None, None))
+                self.calls.append((name if tensor is x else None, x, y))
+            return y
+
+        F.relu = relu
+        return self
+
+    def _remember(self, name):
+        def hook(module, inputs, output):
+            self._producer[id(output)] = (name, output)
+
+        return hook
+
+    def __exit__(self, *exc):
+        import torch.nn.functional as F
+
+        F.relu = self._relu
+        for hook in self._hooks:
+            hook.remove()
+        return False
+
+    def named_inputs(self) -> dict:
+        """``{module name: ReLU input as float64 NumPy}`` of the calls on a module's output."""
+        return {n: x.detach().double().numpy() for n, x, _ in self.calls if n is not None}
+
+
+def _seam_net(seam_module, state: dict, dtype):
+    """Reference SEAM in eval mode with every parameter requiring a gradient, in ``dtype``."""
     net = seam_module.Net()
-    arrays = {}
-    arrays.update(_parameter_groups(net, frozen_after_train=True))
-    _load(net, seeded_state_dict("seam", SEED, 20))
+    _load(net, state)
+    net.to(dtype)
     net.eval()  # resnet38d.Net.train(False) freezes not_training and BN again: undo after it
     for p in net.parameters():
         p.requires_grad_(True)
-    full = ("fc8.weight", "f8_3.weight", "f8_4.weight", "f9.weight", "conv1a.weight")
-    slices = {
-        "b4_3.conv_branch2a.weight": np.s_[:8, :8],
-        "b7.conv_branch2b2.weight": np.s_[:16, :16],
-        "b6.bn_branch2b1.weight": np.s_[:],
-        "bn7.weight": np.s_[:],
-        "b3.bn_branch2a.bias": np.s_[:],
-    }
+    return net
+
+
+def _seam_backward(net, x: np.ndarray, dtype) -> dict:
+    """Forward ``x`` (NHWC) in ``dtype``, backward of the test loss; returns the outputs (NCHW)."""
+    net.zero_grad()
+    cam, cam_rv, logits = net(_nchw(x).to(dtype))
+    outputs = {"cam": cam, "cam_rv": cam_rv, "logits": logits}
+    total = 0.0
+    for value in outputs.values():
+        w = loss_weights(tuple(value.shape[i] for i in (0, 2, 3, 1)))
+        total = total + (value * _nchw(w).to(dtype)).sum()
+    total.backward()
+    return outputs
+
+
+def _float64_views(net, outputs: dict, prefix: str, full: tuple) -> dict:
+    """``{prefix/<path>: float64 array}``: the float64 views of the outputs (NCHW tensors) and of
+    the checked gradients (``grad/<name>``, ``grad_slice/<name>``) of ``net``."""
+    out = {f"{prefix}/{k}": _nhwc(v).astype(np.float64)[SEAM_OUTPUT_VIEW if k != "logits" else ...]
+           for k, v in outputs.items()}  # fmt: skip
+    grads = dict(net.named_parameters())
+    for name in full:
+        view = ... if name == "conv1a.weight" else SEAM_HEAD_GRAD_VIEW
+        out[f"{prefix}/grad/{name}"] = grads[name].grad.double().numpy()[view].copy()
+    for name, index in SEAM_GRAD_SLICES.items():
+        out[f"{prefix}/grad_slice/{name}"] = grads[name].grad.double().numpy()[index].copy()
+    return out
+
+
+def _upstream_parameters(tensor, names_by_id: dict) -> set:
+    """Names of the parameters whose gradient a change of ``tensor``'s cotangent can move."""
+    seen, found, stack = set(), set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None and id(variable) in names_by_id:
+            found.add(names_by_id[id(variable)])
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return found
+
+
+def _class_tie_margin(logits: np.ndarray, logits_error: float) -> float:
+    """Smallest gap between the two largest foreground scores of ``cam_d_norm`` at a pixel where
+    both are positive (the reference keeps only the largest: ``network/resnet38_SEAM.Net.forward``;
+    a tie within rounding would flip which), in units of the float32 error of that gap.
+
+    ``logits`` NCHW float64; a score is ``relu(d - 1e-5) / (max_hw d + 1e-5)``, ``d = relu(logit)``,
+    so its float32 error is about ``logits_error`` over its class's ``max_hw d + 1e-5``."""
+    d = np.maximum(logits[:, 1:], 0.0)
+    scale = d.reshape(*d.shape[:2], -1).max(-1)[..., None, None] + 1e-5
+    scores = np.maximum(d - 1e-5, 0.0) / scale
+    order = np.argsort(scores, axis=1)[:, -2:]
+    top2 = np.take_along_axis(scores, order, axis=1)
+    error = logits_error / np.take_along_axis(np.broadcast_to(scale, scores.shape), order, axis=1)
+    both = top2[:, 0] > 0
+    gaps = (top2[:, 1] - top2[:, 0])[both] / (error[:, 0] + error[:, 1])[both]
+    return float(gaps.min()) if gaps.size else float("inf")
+
+
+def _seam_float64(seam_module, state, key, x, logits32, relu32, full) -> dict:
+    """Float64 golden and float32 conditioning of one input (see ``make_seam``).
+
+    ``logits32`` (NCHW) and ``relu32`` (``_ReluInputs``) come from the float32 run."""
+    import torch
+
+    net = _seam_net(seam_module, state, torch.float64)
+    with _ReluInputs(net) as relu64:
+        outputs = _seam_backward(net, x, torch.float64)
+    out = _float64_views(net, outputs, f"{key}/float64", full)
+    logits64 = outputs["logits"].detach().numpy()
+    del outputs
+    params = dict(net.named_parameters())
+    names = list(params)
+    grads = {n: params[n].grad.clone() for n in names}
+    # numpy's pairwise sum: torch's float64 norm of a 19M-element gradient is 1.6e-14 off it
+    norms = np.array([float(np.sqrt(np.sum(np.square(g.numpy())))) for g in grads.values()])
+    out[f"{key}/float64/grad_norms"] = norms
+
+    # Kinks: ReLU inputs within KINK_REACH x their layer's float32 error of 0, and which parameter
+    # gradients each can move (those upstream of it).
+    z32, z64 = relu32.named_inputs(), relu64.named_inputs()
+    names_by_id = {id(p): n for n, p in params.items()}
+    rows = {"layer": [], "hwc": [], "z": [], "reach": [], "influence": []}
+    for layer, z_tensor, _ in relu64.calls:
+        if layer is None:  # the PCM affinity relu(f^T f), not a module output: must be far from 0
+            z = z_tensor.detach().numpy()
+            margin = float(np.abs(z).min() / (np.abs(z).max() * FLOAT32_UNIT_ROUNDOFF))
+            assert margin > 1e3, f"{key}: a PCM affinity is near 0 ({margin:.1f} u x its maximum)"
+            continue
+        error = float(np.abs(z32[layer] - z64[layer]).max())
+        close = np.argwhere(np.abs(z64[layer][0]) < KINK_REACH * error)  # (c, h, w) rows
+        if not len(close):
+            continue
+        upstream = _upstream_parameters(z_tensor, names_by_id)
+        influence = np.array([n in upstream for n in names])
+        for c, h, w in close:
+            value = float(z64[layer][0, c, h, w])
+            rows["layer"].append(layer)
+            rows["hwc"].append((h, w, c))
+            rows["z"].append(value)
+            rows["reach"].append(abs(value) / error)
+            rows["influence"].append(influence)
+    del relu64
+    out[f"{key}/kinks/layer"] = np.array(rows["layer"], dtype="U32")
+    out[f"{key}/kinks/hwc"] = np.array(rows["hwc"], np.int32).reshape(-1, 3)
+    out[f"{key}/kinks/z"] = np.array(rows["z"], np.float64)
+    out[f"{key}/kinks/reach"] = np.array(rows["reach"], np.float64)
+    out[f"{key}/kinks/influence"] = np.array(rows["influence"], bool).reshape(-1, len(names))
+    margin = _class_tie_margin(logits64, float(np.abs(logits32 - logits64).max()))
+    assert margin > KINK_REACH, f"{key}: a PCM class tie is within float32 reach ({margin:.1f})"
+
+    # Rounding sensitivity (the floor of the float32 judgement): the linearised change of each
+    # result when every datum is scaled by (1 + t u s), in units of the result's scale.
+    rng = np.random.default_rng(SEED)
+    step = SENSITIVITY_T * FLOAT32_UNIT_ROUNDOFF
+    with torch.no_grad():
+        for tensor in list(net.parameters()) + list(net.buffers()):
+            if tensor.is_floating_point():
+                tensor.mul_(torch.from_numpy(1.0 + step * rng.choice([-1.0, 1.0], tensor.shape)))
+    x_perturbed = x.astype(np.float64) * (1.0 + step * rng.choice([-1.0, 1.0], x.shape))
+    with _ReluInputs(net) as relu_perturbed:
+        outputs = _seam_backward(net, x_perturbed, torch.float64)
+    for layer, z in relu_perturbed.named_inputs().items():
+        assert np.array_equal(z > 0, z64[layer] > 0), f"{key}: the perturbation flipped {layer}"
+    for path, value in _float64_views(net, outputs, key, full).items():
+        change = _scaled_change(value, out[f"{key}/float64/{path.split('/', 1)[1]}"])
+        out[f"{key}/rounding_sensitivity/{path.split('/', 1)[1]}"] = np.float64(
+            change / SENSITIVITY_T
+        )
+    out[f"{key}/rounding_sensitivity/grad_norms"] = np.array(
+        [float((params[n].grad - grads[n]).norm()) / (SENSITIVITY_T * norm) if norm > 0 else 0.0
+         for n, norm in zip(names, norms, strict=True)]
+    )  # fmt: skip
+    return out
+
+
+def _scaled_change(got: np.ndarray, want: np.ndarray) -> float:
+    """``max |got - want| / max |want|``."""
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def make_seam(out_dir: str, reference: str, keep_float32: bool = False) -> None:
+    """Full-size SEAM (network/resnet38_SEAM.Net), eval mode, in float32 and float64.
+
+    Per input ``{key}`` (64, 75x61), besides the float32 outputs and gradients:
+
+    - ``{key}/float64/<path>``: the same computation in float64 (weights, inputs and loss weights
+      are float32 values, exact in float64) on the views ``SEAM_OUTPUT_VIEW`` of ``cam``,
+      ``cam_rv`` (``logits`` whole), ``SEAM_HEAD_GRAD_VIEW`` of ``grad/<name>`` (``conv1a``
+      whole) and the whole ``grad_slice/<name>``; ``{key}/float64/grad_norms``.
+    - ``{key}/rounding_sensitivity/<path>``: how much the float64 result moves per unit relative
+      perturbation u = 2^-24 of every datum (input, parameter, buffer), over the result's scale:
+      u times its condition number. For ``grad_norms`` the L2 change of each gradient over its
+      norm.
+    - ``{key}/kinks/*``: every ReLU input of the float64 run within ``KINK_REACH`` x its layer's
+      float32 error of 0: ``layer`` (the module whose output the ReLU takes), ``hwc`` (its
+      position), ``z`` (its float64 value), ``reach`` (|z| / that error) and ``influence`` (per
+      parameter, ``grad_norm_names`` order: whether flipping the kink moves that gradient). The
+      script checks that no PCM affinity or class tie of ``cam_d_norm`` is within float32 reach.
+
+    With ``keep_float32`` the float32 arrays of the existing fixture are kept (PyTorch's float32
+    CPU kernels round differently on another CPU) and only the keys above are added; the drift of
+    this machine's float32 run from the kept arrays is printed.
+    """
+    import_reference(reference)
+    import network.resnet38_SEAM as seam_module
+    import torch
+
+    from hfpl_jax.weights import seeded_state_dict
+
+    state = seeded_state_dict("seam", SEED, 20)
+    arrays = _parameter_groups(seam_module.Net(), frozen_after_train=True)
+    net = _seam_net(seam_module, state, torch.float32)
+    float64 = {}
     for key in INPUT_SHAPES:
         x = make_input(key)
         arrays[f"{key}/input"] = x
-        net.zero_grad()
-        cam, cam_rv, logits = net(_nchw(x))
-        outputs = {"cam": cam, "cam_rv": cam_rv, "logits": logits}
-        _test_loss(outputs).backward()
+        with _ReluInputs(net) as relu32:
+            outputs = _seam_backward(net, x, torch.float32)
         for name, value in outputs.items():
             arrays[f"{key}/{name}"] = _nhwc(value)
-        arrays.update(_grad_summary(net, key, full if key == "64" else (), slices))
-    _save(os.path.join(out_dir, "golden_models_seam.npz"), arrays)
+        full = SEAM_FULL_GRADS if key == "64" else ()
+        arrays.update(_grad_summary(net, key, full, SEAM_GRAD_SLICES))
+        logits32 = outputs["logits"].detach().double().numpy()
+        del outputs
+        float64.update(_seam_float64(seam_module, state, key, x, logits32, relu32, full))
+        del relu32
+    path = os.path.join(out_dir, "golden_models_seam.npz")
+    if keep_float32:
+        with np.load(path) as existing:
+            kept = {k: existing[k] for k in arrays}
+        for k in arrays:
+            if kept[k].dtype.kind == "f" and not np.array_equal(kept[k], arrays[k]):
+                drift = _scaled_change(arrays[k].astype(np.float64), kept[k].astype(np.float64))
+                print(f"  float32 on this machine vs kept {k}: {drift:.2e}")
+        arrays = kept
+    arrays.update(float64)
+    _report_seam(arrays)
+    _save(path, arrays)
+
+
+def _report_seam(arrays: dict) -> None:
+    """Print PyTorch float32's error against float64 and the rounding sensitivity per result."""
+    print(f"{'result':42s} {'fp32 err':>9s} {'sensitiv':>9s}")
+    for key in INPUT_SHAPES:
+        reach = arrays[f"{key}/kinks/reach"]
+        print(f"{key}: {len(reach)} kinks, {int((reach < 1).sum())} within 1x float32 error")
+        for k in sorted(a for a in arrays if a.startswith(f"{key}/float64/") and "norms" not in a):
+            path = k.split("/", 2)[2]
+            want = arrays[k]
+            got = arrays[f"{key}/{path}"].astype(np.float64)
+            got = got[SEAM_OUTPUT_VIEW] if path in ("cam", "cam_rv") else got
+            got = got[tuple(slice(0, n) for n in want.shape)]
+            sens = float(arrays[f"{key}/rounding_sensitivity/{path}"])
+            print(f"  {path:40s} {_scaled_change(got, want):9.2e} {sens:9.2e}")
 
 
 def make_affinity(out_dir: str, reference: str) -> None:
@@ -345,6 +610,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", nargs="*", default=None, help="subset of: resize seam affinity deeplab resnet50"
     )
+    parser.add_argument(
+        "--keep-float32",
+        action="store_true",
+        help="seam: keep the float32 arrays of the existing fixture, add the float64 ones",
+    )
     args = parser.parse_args(argv)
     if not os.path.isdir(os.path.join(args.reference, "network")):
         raise FileNotFoundError(
@@ -363,6 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     for part in parts:
         if part == "resize":
             make_resize(args.out)
+        elif part == "seam":
+            make_seam(args.out, args.reference, keep_float32=args.keep_float32)
         else:
             makers[part](args.out, args.reference)
     return 0

@@ -71,6 +71,123 @@ def _check_grads(golden, key, grads, tol=GRAD_TOL):
     return worst
 
 
+# ------------------------------------------------------------------------------------------------
+# SEAM, judged against the reference's float64 result (golden_models_seam.npz, see
+# scripts/make_golden_models.make_seam for what it stores).
+
+# A float32 result passes when its error against the float64 golden is within K_FLOAT32 x the
+# larger of (a) PyTorch float32's own error against it (the stored golden's) and (b) the rounding
+# sensitivity (float32 unit roundoff x the result's condition number). Correct float32
+# implementations differ only in summation order and blocking; on the checked results their errors
+# differ by at most 3.5x (this port on an AMD EPYC vs PyTorch on the Xeon that made the fixture;
+# PyTorch itself differs by up to 3x between the two CPUs), so 8 leaves a factor of 2 for other
+# CPUs and XLA versions, while a real defect (a dropped term, a wrong padding, a bfloat16 product)
+# is off by 1e-3 or more, hundreds of times the allowance.
+K_FLOAT32 = 8
+# In float64 both sides carry rounding error of the same kind, 2^-29 (the ratio of the unit
+# roundoffs) times their float32 size, so the float32 allowance scaled by 2^-29, doubled.
+K_FLOAT64 = 2 * K_FLOAT32
+FLOAT64_PER_FLOAT32 = 2.0**-29
+
+
+# The views of the float64 golden (scripts/make_golden_models.py, SEAM_OUTPUT_VIEW): outputs
+# every third row and column; gradients a leading corner (cut by the golden's shape).
+SEAM_OUTPUT_VIEW = np.s_[:, ::3, ::3, :]
+
+
+def _seam_paths(golden, key: str) -> list[str]:
+    """The results with a float64 golden: ``cam``, ``grad/<name>``, ``grad_slice/<name>``..."""
+    prefix = f"{key}/float64/"
+    return sorted(
+        k[len(prefix) :]
+        for k in golden.files
+        if k.startswith(prefix) and k != prefix + "grad_norms"
+    )
+
+
+def _seam_view(path: str, array, shape) -> np.ndarray:
+    """The part of a full result (an output NHWC, a gradient in torch layout) that the float64
+    golden of ``path`` covers."""
+    array = np.asarray(array, np.float64)
+    if path in ("cam", "cam_rv"):
+        array = array[SEAM_OUTPUT_VIEW]
+    return array[tuple(slice(0, n) for n in shape)]
+
+
+def _seam_rows(golden, key, outputs, named_grads, factor, unit=1.0, not_judged=None) -> list:
+    """One row per result with a float64 golden, and one per gradient norm.
+
+    ``error``: the port's ``max |port - float64| / max |float64|``; ``torch``: PyTorch float32's
+    (the stored golden's) times ``unit``; ``allowed``: ``factor * unit * max(PyTorch float32's
+    error, rounding sensitivity)``;
+    ``not_judged`` (bool per parameter, ``grad_norm_names`` order) marks gradients a flipped kink
+    moved: no float32 implementation is bound to them (see the float32 test)."""
+    names = [str(n) for n in golden[f"{key}/grad_norm_names"]]
+    if not_judged is None:
+        not_judged = np.zeros(len(names), bool)
+    skip = dict(zip(names, not_judged, strict=True))
+
+    def row(quantity, error, torch_err, sensitivity, judged):
+        allowed = factor * unit * max(torch_err, sensitivity)
+        return {"key": key, "quantity": quantity, "error": error, "torch": torch_err * unit,
+                "allowed": allowed, "judged": judged}  # fmt: skip
+
+    rows = []
+    for path in _seam_paths(golden, key):
+        want = golden[f"{key}/float64/{path}"]
+        kind, _, name = path.partition("/")
+        port = named_grads[name] if kind in ("grad", "grad_slice") else outputs[path]
+        error = rel_err(_seam_view(path, port, want.shape), want)
+        torch_err = rel_err(_seam_view(path, golden[f"{key}/{path}"], want.shape), want)
+        sensitivity = float(golden[f"{key}/rounding_sensitivity/{path}"])
+        rows.append(row(path, error, torch_err, sensitivity, not skip.get(name, False)))
+    norms32 = golden[f"{key}/grad_norms"]
+    norms64 = golden[f"{key}/float64/grad_norms"]
+    sensitivity = golden[f"{key}/rounding_sensitivity/grad_norms"]
+    assert len(names) == len(named_grads), "every parameter has a gradient in both"
+    for i, name in enumerate(names):
+        # pairwise summation, as the float64 golden's (a BLAS norm is 1e-14 off on 19M elements)
+        got = float(np.sqrt(np.sum(np.square(named_grads[name].astype(np.float64)))))
+        if norms64[i] == 0:
+            assert got == 0, name
+            continue
+        torch_err = abs(norms32[i] - norms64[i]) / norms64[i]
+        error = abs(got - norms64[i]) / norms64[i]
+        rows.append(row(f"norm {name}", error, torch_err, sensitivity[i], not skip[name]))
+    return rows
+
+
+def _seam_table(rows: list) -> str:
+    """The rows as text; ``ratio`` = error / allowed, ``vs torch`` = error / PyTorch's error."""
+    lines = [f"{'input':6s} {'quantity':38s} {'error':>9s} {'torch':>9s} {'allowed':>9s} "
+             f"{'ratio':>6s} {'vs torch':>8s}"]  # fmt: skip
+    for r in rows:
+        note = "" if r["judged"] else "  (below a flipped kink: not judged)"
+        lines.append(
+            f"{r['key']:6s} {r['quantity']:38s} {r['error']:9.2e} {r['torch']:9.2e} "
+            f"{r['allowed']:9.2e} {r['error'] / r['allowed']:6.2f} "
+            f"{r['error'] / max(r['torch'], 1e-300):8.1f}{note}"
+        )
+    return "\n".join(lines)
+
+
+def _check_seam_rows(rows: list, what: str) -> None:
+    judged = [r for r in rows if r["judged"]]
+    worst = sorted(judged, key=lambda r: -r["error"] / r["allowed"])
+    print(f"\n{what}: {len(judged)} of {len(rows)} results judged; worst first\n"
+          + _seam_table(worst[:12] + [r for r in rows if not r["judged"]][:12]))  # fmt: skip
+    failed = [r for r in judged if r["error"] > r["allowed"]]
+    assert not failed, f"{what}: outside the allowance\n{_seam_table(failed)}"
+
+
+def _flipped_kinks(golden, key: str, relu_inputs: dict) -> np.ndarray:
+    """Per stored kink, whether the port's ReLU input lies on the other side of 0 than the
+    reference's float64 one. ``relu_inputs``: captured module outputs by torch module name."""
+    layers, hwc, z = (golden[f"{key}/kinks/{k}"] for k in ("layer", "hwc", "z"))
+    port = [relu_inputs[str(n)][0, h, w, c] for n, (h, w, c) in zip(layers, hwc, strict=True)]
+    return (np.array(port) > 0) != (z > 0)
+
+
 @pytest.fixture(scope="module")
 def seam_setup():
     model = models.build("seam", 20)
@@ -81,23 +198,102 @@ def seam_setup():
 
 @pytest.mark.slow
 def test_seam_forward_and_gradients_match_reference(seam_setup):
+    """Float32 outputs and gradients against the reference's float64 result.
+
+    Why this passes or fails the same on every machine: the golden is the reference in float64
+    (its own rounding is 2^-29 of float32's), so it does not depend on the CPU that made it, and
+    the allowance is ``K_FLOAT32`` x the error a float32 computation of this problem inevitably has
+    (PyTorch's, or u x the condition number, whichever is larger), so any summation order passes.
+    The old test compared with PyTorch's float32 result at a fixed 1e-3 and failed on an AMD EPYC:
+    there the port's ``b3.bn_branch2a.bias`` gradient at 75x61 was 1.18e-3 away.
+
+    The reason is a kink, not accuracy. A ReLU input of the float64 run at 1.5e-6 (0.1 x the
+    float32 error of its layer, ``b5_1.bn_branch2b1``) lands below 0 in the port's float32 run,
+    so one pixel's gradient is cut at that ReLU and every gradient below it moves by 1e-3 to 3e-2
+    (with that one ReLU flipped in the float64 reference all 121 gradients agree to 5e-6).
+    PyTorch on the AMD machine flips another one (in ``b2_1``, 1.9e-2 on ``b2_1.bn_branch2a.bias``).
+    Which kinks a float32 implementation flips is a matter of rounding: the gradients below a
+    flipped kink are not determined by the problem in float32. So the fixture lists every ReLU
+    input within 8x its layer's float32 error of 0 (``kinks``) with the gradients each can move;
+    the port's ReLU inputs there are captured, and gradients below a kink the port flipped are not
+    judged here (the float64 test below checks them, and all others, to float64 rounding). Outputs
+    are continuous through a ReLU and always judged; the old 1e-4 check of the outputs stays.
+    """
     model, variables = seam_setup
     golden = _golden("seam")
+    layers = {str(n) for key in ("64", "75x61") for n in golden[f"{key}/kinks/layer"]}
+
+    def capture(module, method):
+        return method == "__call__" and ".".join(module.path) in layers
 
     @jax.jit
     def loss_and_outputs(params, images):
-        out = model.apply({**variables, "params": params}, images, train=False)
+        out, state = model.apply(
+            {**variables, "params": params},
+            images,
+            train=False,
+            capture_intermediates=capture,
+            mutable=["intermediates"],
+        )
         loss = sum(jnp.sum(out[k] * loss_weights(out[k].shape)) for k in sorted(out))
-        return loss, out
+        return loss, (out, state["intermediates"])
 
     grad_fn = jax.jit(jax.grad(loss_and_outputs, has_aux=True))
+    rows = []
     for key in ("64", "75x61"):
-        images = jnp.asarray(golden[f"{key}/input"])
-        grads, out = grad_fn(variables["params"], images)
+        grads, (out, captured) = grad_fn(variables["params"], jnp.asarray(golden[f"{key}/input"]))
         for name in ("cam", "cam_rv", "logits"):
             err = rel_err(out[name], golden[f"{key}/{name}"])
             assert err <= FORWARD_TOL, f"{key} {name}: {err:.2e}"
-        _check_grads(golden, key, grads)
+        relu_inputs = {}
+        for layer in layers:
+            node = captured
+            for part in layer.split("."):
+                node = node.get(part, {}) if isinstance(node, dict) else {}
+            if node:
+                relu_inputs[layer] = np.asarray(node["__call__"][0])
+        flipped = _flipped_kinks(golden, key, relu_inputs)
+        not_judged = golden[f"{key}/kinks/influence"][flipped].any(axis=0)
+        for i in np.flatnonzero(flipped):
+            layer, z, reach = (golden[f"{key}/kinks/{k}"][i] for k in ("layer", "z", "reach"))
+            print(f"{key}: the port flipped the kink in {layer} (float64 input {z:.2e}, "
+                  f"{reach:.2f} x the layer's float32 error)")  # fmt: skip
+        rows += _seam_rows(golden, key, out, _torch_named_grads(grads), K_FLOAT32,
+                           not_judged=not_judged)  # fmt: skip
+    _check_seam_rows(rows, "float32 vs reference float64")
+
+
+@pytest.mark.slow
+def test_seam_float64_matches_reference_float64():
+    """The port in float64 against the reference in float64: every stored output, gradient and
+    gradient norm, to ``K_FLOAT64`` x 2^-29 x the float32 allowance's base. No ReLU input is within
+    float64 reach of 0 (checked), so nothing is exempt: this is the implementation check."""
+    golden = _golden("seam")
+    for key in ("64", "75x61"):
+        nearest = float(golden[f"{key}/kinks/reach"].min())
+        assert nearest > K_FLOAT64 * FLOAT64_PER_FLOAT32, f"{key}: a kink within float64 reach"
+    with jax.enable_x64(True):
+        model = models.build("seam", 20, dtype=jnp.float64)
+        variables = weights.from_torch(weights.seeded_state_dict("seam", 0, 20), "seam")
+        variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
+
+        @jax.jit
+        def loss_and_outputs(params, images):
+            out = model.apply({**variables, "params": params}, images, train=False)
+            loss = sum(
+                jnp.sum(out[k] * loss_weights(out[k].shape).astype(np.float64)) for k in sorted(out)
+            )
+            return loss, out
+
+        grad_fn = jax.jit(jax.grad(loss_and_outputs, has_aux=True))
+        rows = []
+        for key in ("64", "75x61"):
+            images = jnp.asarray(golden[f"{key}/input"], jnp.float64)
+            grads, out = grad_fn(variables["params"], images)
+            assert out["cam"].dtype == jnp.float64
+            rows += _seam_rows(golden, key, out, _torch_named_grads(grads), K_FLOAT64,
+                               unit=FLOAT64_PER_FLOAT32)  # fmt: skip
+    _check_seam_rows(rows, "float64 vs reference float64")
 
 
 @pytest.mark.slow
