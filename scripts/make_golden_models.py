@@ -9,6 +9,11 @@ Commands that produced the committed fixtures (torch 2.13.0 CPU, float32, 1 thre
     .venv/bin/pip install --no-deps --target /tmp/tvlib torchvision==0.28.0
     PYTHONPATH=/tmp/tvlib .venv/bin/python scripts/make_golden_models.py \
         --reference /work/ref/hfpl --out tests/testdata --only resnet50
+    # The float64 golden of the SEAM fixture was added later, on another CPU (an AMD EPYC, where
+    # PyTorch's float32 kernels round differently), keeping the float32 arrays bit for bit
+    # (about 4 minutes on one core; it prints how far this CPU's float32 run is from them):
+    .venv/bin/python scripts/make_golden_models.py --reference /work/ref/hfpl \
+        --out tests/testdata --only seam --keep-float32
 
 Writes:
   golden_models_resize.npz   torch ``F.interpolate(mode="bilinear")`` on random inputs: both
@@ -16,7 +21,9 @@ Writes:
   golden_models_seam.npz     the reference ``network/resnet38_SEAM.Net`` (full size) in eval mode,
                              every parameter and buffer derived from (seed, name) by
                              ``hfpl_jax.weights.seeded_state_dict``; outputs at 1x64x64 and 1x75x61,
-                             and gradients of a fixed scalar test loss.
+                             and gradients of a fixed scalar test loss; the same in float64 (views),
+                             the float32 rounding sensitivity of each result, and the ReLU inputs
+                             within float32 reach of 0 ("kinks", ``make_seam``).
   golden_models_affinity.npz, golden_models_deeplab.npz, golden_models_resnet50.npz
                              the same for AffinityNet, DeepLab-LargeFOV and the ResNet-50 CAM net
                              (full size too; the ResNet-50 part runs torchvision's resnet50).
@@ -332,7 +339,7 @@ def _seam_float64(seam_module, state, key, x, logits32, relu32, full) -> dict:
     # gradients each can move (those upstream of it).
     z32, z64 = relu32.named_inputs(), relu64.named_inputs()
     names_by_id = {id(p): n for n, p in params.items()}
-    rows = {"layer": [], "hwc": [], "z": [], "reach": [], "influence": []}
+    rows = {"layer": [], "hwc": [], "z": [], "layer_error": [], "influence": []}
     for layer, z_tensor, _ in relu64.calls:
         if layer is None:  # the PCM affinity relu(f^T f), not a module output: must be far from 0
             z = z_tensor.detach().numpy()
@@ -350,13 +357,13 @@ def _seam_float64(seam_module, state, key, x, logits32, relu32, full) -> dict:
             rows["layer"].append(layer)
             rows["hwc"].append((h, w, c))
             rows["z"].append(value)
-            rows["reach"].append(abs(value) / error)
+            rows["layer_error"].append(error)
             rows["influence"].append(influence)
     del relu64
     out[f"{key}/kinks/layer"] = np.array(rows["layer"], dtype="U32")
     out[f"{key}/kinks/hwc"] = np.array(rows["hwc"], np.int32).reshape(-1, 3)
     out[f"{key}/kinks/z"] = np.array(rows["z"], np.float64)
-    out[f"{key}/kinks/reach"] = np.array(rows["reach"], np.float64)
+    out[f"{key}/kinks/layer_error"] = np.array(rows["layer_error"], np.float64)
     out[f"{key}/kinks/influence"] = np.array(rows["influence"], bool).reshape(-1, len(names))
     margin = _class_tie_margin(logits64, float(np.abs(logits32 - logits64).max()))
     assert margin > KINK_REACH, f"{key}: a PCM class tie is within float32 reach ({margin:.1f})"
@@ -406,8 +413,9 @@ def make_seam(out_dir: str, reference: str, keep_float32: bool = False) -> None:
       norm.
     - ``{key}/kinks/*``: every ReLU input of the float64 run within ``KINK_REACH`` x its layer's
       float32 error of 0: ``layer`` (the module whose output the ReLU takes), ``hwc`` (its
-      position), ``z`` (its float64 value), ``reach`` (|z| / that error) and ``influence`` (per
-      parameter, ``grad_norm_names`` order: whether flipping the kink moves that gradient). The
+      position), ``z`` (its float64 value), ``layer_error`` (that layer's largest float32 error,
+      PyTorch float32 against float64 on this machine) and ``influence`` (per parameter,
+      ``grad_norm_names`` order: whether flipping the kink moves that gradient). The
       script checks that no PCM affinity or class tie of ``cam_d_norm`` is within float32 reach.
 
     With ``keep_float32`` the float32 arrays of the existing fixture are kept (PyTorch's float32
@@ -440,6 +448,9 @@ def make_seam(out_dir: str, reference: str, keep_float32: bool = False) -> None:
     path = os.path.join(out_dir, "golden_models_seam.npz")
     if keep_float32:
         with np.load(path) as existing:
+            missing = sorted(set(arrays) - set(existing.files))
+            if missing:
+                raise ValueError(f"--keep-float32: {path} has no {missing}; regenerate without it")
             kept = {k: existing[k] for k in arrays}
         for k in arrays:
             if kept[k].dtype.kind == "f" and not np.array_equal(kept[k], arrays[k]):
@@ -455,7 +466,7 @@ def _report_seam(arrays: dict) -> None:
     """Print PyTorch float32's error against float64 and the rounding sensitivity per result."""
     print(f"{'result':42s} {'fp32 err':>9s} {'sensitiv':>9s}")
     for key in INPUT_SHAPES:
-        reach = arrays[f"{key}/kinks/reach"]
+        reach = np.abs(arrays[f"{key}/kinks/z"]) / arrays[f"{key}/kinks/layer_error"]
         print(f"{key}: {len(reach)} kinks, {int((reach < 1).sum())} within 1x float32 error")
         for k in sorted(a for a in arrays if a.startswith(f"{key}/float64/") and "norms" not in a):
             path = k.split("/", 2)[2]
