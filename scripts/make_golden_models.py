@@ -166,7 +166,8 @@ def _parameter_groups(net, frozen_after_train: bool) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-# SEAM: float32 golden, float64 golden and the float32 conditioning of the test problem.
+# SEAM and AffinityNet: the float32 golden, the float64 golden and the float32 conditioning of the
+# test problem (what tests/parity_test.py judges the port's float32 results by).
 
 SEAM_FULL_GRADS = ("fc8.weight", "f8_3.weight", "f8_4.weight", "f9.weight", "conv1a.weight")
 SEAM_GRAD_SLICES = {
@@ -176,29 +177,44 @@ SEAM_GRAD_SLICES = {
     "bn7.weight": np.s_[:],
     "b3.bn_branch2a.bias": np.s_[:],
 }
-# The float64 golden is stored for these views (float64 does not compress; the full float32
-# arrays stay): outputs every third row and column, full gradients their first 16 x 64 channels
-# (conv1a whole), the gradient slices whole. tests/parity_test.py cuts the same views.
-SEAM_OUTPUT_VIEW = np.s_[:, ::3, ::3, :]
-SEAM_HEAD_GRAD_VIEW = np.s_[:16, :64]
+AFFINITY_FULL_GRADS = ("f9.weight", "f8_3.weight")
+AFFINITY_GRAD_SLICES = {
+    "b5.conv_branch2a.weight": np.s_[:8, :8],
+    "conv1a.weight": np.s_[:],
+    "f8_5.weight": np.s_[:16, :64],
+    "b7.bn_branch2b2.bias": np.s_[:],
+}
+# The float64 golden is stored for views (float64 does not compress; the float32 arrays stay
+# whole): the outputs below (the others whole), full gradients their first 16 x 64 channels
+# (conv1a whole), gradient slices whole. tests/parity_test.py cuts the same views.
+OUTPUT_VIEWS = {
+    "cam": np.s_[:, ::3, ::3, :],  # every third row and column
+    "cam_rv": np.s_[:, ::3, ::3, :],
+    "features": np.s_[..., :64],  # the first 64 of 448 channels
+}
+HEAD_GRAD_VIEW = np.s_[:16, :64]
 FLOAT32_UNIT_ROUNDOFF = 2.0**-24
-# A ReLU input of the float64 run closer to 0 than KINK_REACH x the largest float32 error of its
-# layer (PyTorch float32 against float64) is a "kink": a float32 implementation may put it on
-# either side of 0. The ports measured so far err by 0.4-1.3x PyTorch's per-layer error; 8 is ample.
+# An input of a ReLU (or of the affinity's |f_to - f_from|) in the float64 run closer to 0 than
+# KINK_REACH x the largest float32 error of its layer (PyTorch float32 against float64) is a
+# "kink": a float32 implementation may put it on either side of 0. The port errs by 0.4-1.3x
+# PyTorch's per-layer error; 8 is ample.
 KINK_REACH = 8.0
-# Rounding sensitivity: the float64 gradients' change when every datum (input, parameter, buffer)
+# Rounding sensitivity: the float64 results' change when every datum (input, parameter, buffer)
 # is scaled by (1 + t u s), s = +-1 at random, divided by t. t keeps the perturbation ~1e-3 of the
-# nearest kink, so it measures the smooth part (u x condition) and flips no ReLU.
+# nearest kink, so it measures the smooth part (u x condition) and flips nothing.
 SENSITIVITY_T = 1e-3
+PAIRS = "pairs"  # kink layer name of the affinity's f_to - f_from, (N, C, K, P)
 
 
-class _ReluInputs:
-    """Record the input of every ``F.relu`` call of the reference, named by the module producing it.
+class _KinkInputs:
+    """Record the inputs of the reference's ``F.relu`` and ``torch.abs`` calls (the functions
+    whose derivative jumps at 0), each named by the module whose output it is.
 
-    The reference's modules call ``torch.nn.functional.relu``; inside the ``with`` block that
-    attribute is a recording wrapper (the reference is not edited). In-place calls run out of place
-    (same values) so the recorded inputs stay intact. ``calls`` holds ``(module name or None,
-    input, output)`` for the calls whose input carries a gradient."""
+    Inside the ``with`` block those attributes are recording wrappers (the reference is not
+    edited). In-place ReLUs run out of place (same values) so the recorded inputs stay intact.
+    ``calls`` holds ``(name, input, output)`` for the calls whose input carries a gradient; the name
+    is the module's, ``PAIRS`` for ``torch.abs`` (only ``network/resnet38_aff.Net`` calls it, on
+    ``ft - ff``), or None."""
 
     def __init__(self, net):
         self.net = net
@@ -209,12 +225,12 @@ class _ReluInputs:
         import torch
         import torch.nn.functional as F
 
-        self._hooks = []
-        for name, module in self.net.named_modules():
-            if isinstance(module, torch.nn.Conv2d | torch.nn.BatchNorm2d):
-                hook = module.register_forward_hook(self._remember(name))
-                self._hooks.append(hook)
-        self._relu = F.relu
+        self._hooks = [
+            module.register_forward_hook(self._remember(name))
+            for name, module in self.net.named_modules()
+            if isinstance(module, torch.nn.Conv2d | torch.nn.BatchNorm2d)
+        ]
+        self._relu, self._abs = F.relu, torch.abs
 
         def relu(x, inplace=False):
             y = self._relu(x)
@@ -223,7 +239,13 @@ class _ReluInputs:
                 self.calls.append((name if tensor is x else None, x, y))
             return y
 
-        F.relu = relu
+        def absolute(x, *args, **kwargs):
+            y = self._abs(x, *args, **kwargs)
+            if x.requires_grad:
+                self.calls.append((PAIRS, x, y))
+            return y
+
+        F.relu, torch.abs = relu, absolute
         return self
 
     def _remember(self, name):
@@ -233,21 +255,22 @@ class _ReluInputs:
         return hook
 
     def __exit__(self, *exc):
+        import torch
         import torch.nn.functional as F
 
-        F.relu = self._relu
+        F.relu, torch.abs = self._relu, self._abs
         for hook in self._hooks:
             hook.remove()
         return False
 
     def named_inputs(self) -> dict:
-        """``{module name: ReLU input as float64 NumPy}`` of the calls on a module's output."""
+        """``{name: input as float64 NumPy}`` of the named calls."""
         return {n: x.detach().double().numpy() for n, x, _ in self.calls if n is not None}
 
 
-def _seam_net(seam_module, state: dict, dtype):
-    """Reference SEAM in eval mode with every parameter requiring a gradient, in ``dtype``."""
-    net = seam_module.Net()
+def _reference_net(net_class, state: dict, dtype):
+    """A reference network in eval mode with every parameter requiring a gradient, in ``dtype``."""
+    net = net_class()
     _load(net, state)
     net.to(dtype)
     net.eval()  # resnet38d.Net.train(False) freezes not_training and BN again: undo after it
@@ -257,7 +280,7 @@ def _seam_net(seam_module, state: dict, dtype):
 
 
 def _seam_backward(net, x: np.ndarray, dtype) -> dict:
-    """Forward ``x`` (NHWC) in ``dtype``, backward of the test loss; returns the outputs (NCHW)."""
+    """SEAM: forward ``x`` (NHWC) in ``dtype``, backward of the test loss; outputs NHWC."""
     net.zero_grad()
     cam, cam_rv, logits = net(_nchw(x).to(dtype))
     outputs = {"cam": cam, "cam_rv": cam_rv, "logits": logits}
@@ -266,19 +289,37 @@ def _seam_backward(net, x: np.ndarray, dtype) -> dict:
         w = loss_weights(tuple(value.shape[i] for i in (0, 2, 3, 1)))
         total = total + (value * _nchw(w).to(dtype)).sum()
     total.backward()
-    return outputs
+    return {k: v.permute(0, 2, 3, 1) for k, v in outputs.items()}
 
 
-def _float64_views(net, outputs: dict, prefix: str, full: tuple) -> dict:
-    """``{prefix/<path>: float64 array}``: the float64 views of the outputs (NCHW tensors) and of
-    the checked gradients (``grad/<name>``, ``grad_slice/<name>``) of ``net``."""
-    out = {f"{prefix}/{k}": _nhwc(v).astype(np.float64)[SEAM_OUTPUT_VIEW if k != "logits" else ...]
-           for k, v in outputs.items()}  # fmt: skip
+def _affinity_backward(net, x: np.ndarray, dtype) -> dict:
+    """AffinityNet: forward, backward of ``sum(cos(0.37 i) * affinity)``; the affinity ``(N, K,
+    P)`` and the features ``elu(f9(...))`` NHWC."""
+    import torch
+    import torch.nn.functional as F
+
+    captured = {}
+    hook = net.f9.register_forward_hook(lambda m, i, o: captured.__setitem__("f9", o))
+    net.zero_grad()
+    aff = net(_nchw(x).to(dtype))  # (N, K, P)
+    hook.remove()
+    features = F.elu(captured["f9"])
+    (aff * torch.from_numpy(loss_weights(aff.shape)).to(dtype)).sum().backward()
+    return {"affinity": aff, "features": features.permute(0, 2, 3, 1)}
+
+
+def _float64_views(net, outputs: dict, prefix: str, full: tuple, slices: dict) -> dict:
+    """``{prefix/<path>: float64 array}``: the float64 views of the outputs (tensors in the stored
+    layout) and of the checked gradients (``grad/<name>``, ``grad_slice/<name>``) of ``net``."""
+    out = {
+        f"{prefix}/{k}": v.detach().double().numpy()[OUTPUT_VIEWS.get(k, ...)].copy()
+        for k, v in outputs.items()
+    }
     grads = dict(net.named_parameters())
     for name in full:
-        view = ... if name == "conv1a.weight" else SEAM_HEAD_GRAD_VIEW
+        view = ... if name == "conv1a.weight" else HEAD_GRAD_VIEW
         out[f"{prefix}/grad/{name}"] = grads[name].grad.double().numpy()[view].copy()
-    for name, index in SEAM_GRAD_SLICES.items():
+    for name, index in slices.items():
         out[f"{prefix}/grad_slice/{name}"] = grads[name].grad.double().numpy()[index].copy()
     return out
 
@@ -303,9 +344,9 @@ def _class_tie_margin(logits: np.ndarray, logits_error: float) -> float:
     both are positive (the reference keeps only the largest: ``network/resnet38_SEAM.Net.forward``;
     a tie within rounding would flip which), in units of the float32 error of that gap.
 
-    ``logits`` NCHW float64; a score is ``relu(d - 1e-5) / (max_hw d + 1e-5)``, ``d = relu(logit)``,
+    ``logits`` NHWC float64; a score is ``relu(d - 1e-5) / (max_hw d + 1e-5)``, ``d = relu(logit)``,
     so its float32 error is about ``logits_error`` over its class's ``max_hw d + 1e-5``."""
-    d = np.maximum(logits[:, 1:], 0.0)
+    d = np.maximum(logits.transpose(0, 3, 1, 2)[:, 1:], 0.0)
     scale = d.reshape(*d.shape[:2], -1).max(-1)[..., None, None] + 1e-5
     scores = np.maximum(d - 1e-5, 0.0) / scale
     order = np.argsort(scores, axis=1)[:, -2:]
@@ -316,17 +357,24 @@ def _class_tie_margin(logits: np.ndarray, logits_error: float) -> float:
     return float(gaps.min()) if gaps.size else float("inf")
 
 
-def _seam_float64(seam_module, state, key, x, logits32, relu32, full) -> dict:
+def _check_seam_class_ties(key: str, outputs64: dict, outputs32: dict) -> None:
+    logits32, logits64 = outputs32["logits"], outputs64["logits"]
+    margin = _class_tie_margin(logits64, float(np.abs(logits32 - logits64).max()))
+    assert margin > KINK_REACH, f"{key}: a PCM class tie is within float32 reach ({margin:.1f})"
+
+
+def _float64_golden(net_class, state, run, key, x, outputs32, kinks32, full, slices) -> dict:
     """Float64 golden and float32 conditioning of one input (see ``make_seam``).
 
-    ``logits32`` (NCHW) and ``relu32`` (``_ReluInputs``) come from the float32 run."""
+    ``run(net, x, dtype)`` does the forward and backward pass and returns the outputs in the stored
+    layout; ``outputs32`` (NumPy) and ``kinks32`` (``_KinkInputs``) come from the float32 run."""
     import torch
 
-    net = _seam_net(seam_module, state, torch.float64)
-    with _ReluInputs(net) as relu64:
-        outputs = _seam_backward(net, x, torch.float64)
-    out = _float64_views(net, outputs, f"{key}/float64", full)
-    logits64 = outputs["logits"].detach().numpy()
+    net = _reference_net(net_class, state, torch.float64)
+    with _KinkInputs(net) as kinks64:
+        outputs = run(net, x, torch.float64)
+    out = _float64_views(net, outputs, f"{key}/float64", full, slices)
+    outputs64 = {k: v.detach().numpy().copy() for k, v in outputs.items()}
     del outputs
     params = dict(net.named_parameters())
     names = list(params)
@@ -335,38 +383,38 @@ def _seam_float64(seam_module, state, key, x, logits32, relu32, full) -> dict:
     norms = np.array([float(np.sqrt(np.sum(np.square(g.numpy())))) for g in grads.values()])
     out[f"{key}/float64/grad_norms"] = norms
 
-    # Kinks: ReLU inputs within KINK_REACH x their layer's float32 error of 0, and which parameter
+    # Kinks: inputs within KINK_REACH x their layer's float32 error of 0, and which parameter
     # gradients each can move (those upstream of it).
-    z32, z64 = relu32.named_inputs(), relu64.named_inputs()
+    z32, z64 = kinks32.named_inputs(), kinks64.named_inputs()
     names_by_id = {id(p): n for n, p in params.items()}
-    rows = {"layer": [], "hwc": [], "z": [], "layer_error": [], "influence": []}
-    for layer, z_tensor, _ in relu64.calls:
-        if layer is None:  # the PCM affinity relu(f^T f), not a module output: must be far from 0
+    rows = {"layer": [], "index": [], "z": [], "layer_error": [], "influence": []}
+    for layer, z_tensor, _ in kinks64.calls:
+        if layer is None:  # e.g. SEAM's PCM relu(f^T f), not a module output: must be far from 0
             z = z_tensor.detach().numpy()
             margin = float(np.abs(z).min() / (np.abs(z).max() * FLOAT32_UNIT_ROUNDOFF))
-            assert margin > 1e3, f"{key}: a PCM affinity is near 0 ({margin:.1f} u x its maximum)"
+            assert margin > 1e3, f"{key}: an unnamed ReLU input is near 0 ({margin:.1f} u x max)"
             continue
         error = float(np.abs(z32[layer] - z64[layer]).max())
-        close = np.argwhere(np.abs(z64[layer][0]) < KINK_REACH * error)  # (c, h, w) rows
+        close = np.argwhere(np.abs(z64[layer][0]) < KINK_REACH * error)  # (c, a, b) rows
         if not len(close):
             continue
         upstream = _upstream_parameters(z_tensor, names_by_id)
         influence = np.array([n in upstream for n in names])
-        for c, h, w in close:
-            value = float(z64[layer][0, c, h, w])
+        for c, i, j in close:
+            value = float(z64[layer][0, c, i, j])
             rows["layer"].append(layer)
-            rows["hwc"].append((h, w, c))
+            rows["index"].append((i, j, c))
             rows["z"].append(value)
             rows["layer_error"].append(error)
             rows["influence"].append(influence)
-    del relu64
+    del kinks64
     out[f"{key}/kinks/layer"] = np.array(rows["layer"], dtype="U32")
-    out[f"{key}/kinks/hwc"] = np.array(rows["hwc"], np.int32).reshape(-1, 3)
+    out[f"{key}/kinks/index"] = np.array(rows["index"], np.int32).reshape(-1, 3)
     out[f"{key}/kinks/z"] = np.array(rows["z"], np.float64)
     out[f"{key}/kinks/layer_error"] = np.array(rows["layer_error"], np.float64)
     out[f"{key}/kinks/influence"] = np.array(rows["influence"], bool).reshape(-1, len(names))
-    margin = _class_tie_margin(logits64, float(np.abs(logits32 - logits64).max()))
-    assert margin > KINK_REACH, f"{key}: a PCM class tie is within float32 reach ({margin:.1f})"
+    if "logits" in outputs64 and "cam_rv" in outputs64:
+        _check_seam_class_ties(key, outputs64, outputs32)
 
     # Rounding sensitivity (the floor of the float32 judgement): the linearised change of each
     # result when every datum is scaled by (1 + t u s), in units of the result's scale.
@@ -377,15 +425,14 @@ def _seam_float64(seam_module, state, key, x, logits32, relu32, full) -> dict:
             if tensor.is_floating_point():
                 tensor.mul_(torch.from_numpy(1.0 + step * rng.choice([-1.0, 1.0], tensor.shape)))
     x_perturbed = x.astype(np.float64) * (1.0 + step * rng.choice([-1.0, 1.0], x.shape))
-    with _ReluInputs(net) as relu_perturbed:
-        outputs = _seam_backward(net, x_perturbed, torch.float64)
-    for layer, z in relu_perturbed.named_inputs().items():
+    with _KinkInputs(net) as kinks_perturbed:
+        outputs = run(net, x_perturbed, torch.float64)
+    for layer, z in kinks_perturbed.named_inputs().items():
         assert np.array_equal(z > 0, z64[layer] > 0), f"{key}: the perturbation flipped {layer}"
-    for path, value in _float64_views(net, outputs, key, full).items():
-        change = _scaled_change(value, out[f"{key}/float64/{path.split('/', 1)[1]}"])
-        out[f"{key}/rounding_sensitivity/{path.split('/', 1)[1]}"] = np.float64(
-            change / SENSITIVITY_T
-        )
+    for path, value in _float64_views(net, outputs, key, full, slices).items():
+        path = path.split("/", 1)[1]
+        change = _scaled_change(value, out[f"{key}/float64/{path}"])
+        out[f"{key}/rounding_sensitivity/{path}"] = np.float64(change / SENSITIVITY_T)
     out[f"{key}/rounding_sensitivity/grad_norms"] = np.array(
         [float((params[n].grad - grads[n]).norm()) / (SENSITIVITY_T * norm) if norm > 0 else 0.0
          for n, norm in zip(names, norms, strict=True)]
@@ -398,54 +445,30 @@ def _scaled_change(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
-def make_seam(out_dir: str, reference: str, keep_float32: bool = False) -> None:
-    """Full-size SEAM (network/resnet38_SEAM.Net), eval mode, in float32 and float64.
-
-    Per input ``{key}`` (64, 75x61), besides the float32 outputs and gradients:
-
-    - ``{key}/float64/<path>``: the same computation in float64 (weights, inputs and loss weights
-      are float32 values, exact in float64) on the views ``SEAM_OUTPUT_VIEW`` of ``cam``,
-      ``cam_rv`` (``logits`` whole), ``SEAM_HEAD_GRAD_VIEW`` of ``grad/<name>`` (``conv1a``
-      whole) and the whole ``grad_slice/<name>``; ``{key}/float64/grad_norms``.
-    - ``{key}/rounding_sensitivity/<path>``: how much the float64 result moves per unit relative
-      perturbation u = 2^-24 of every datum (input, parameter, buffer), over the result's scale:
-      u times its condition number. For ``grad_norms`` the L2 change of each gradient over its
-      norm.
-    - ``{key}/kinks/*``: every ReLU input of the float64 run within ``KINK_REACH`` x its layer's
-      float32 error of 0: ``layer`` (the module whose output the ReLU takes), ``hwc`` (its
-      position), ``z`` (its float64 value), ``layer_error`` (that layer's largest float32 error,
-      PyTorch float32 against float64 on this machine) and ``influence`` (per parameter,
-      ``grad_norm_names`` order: whether flipping the kink moves that gradient). The
-      script checks that no PCM affinity or class tie of ``cam_d_norm`` is within float32 reach.
-
-    With ``keep_float32`` the float32 arrays of the existing fixture are kept (PyTorch's float32
-    CPU kernels round differently on another CPU) and only the keys above are added; the drift of
-    this machine's float32 run from the kept arrays is printed.
-    """
-    import_reference(reference)
-    import network.resnet38_SEAM as seam_module
+def _make_with_float64(path, net_class, state, run, full, slices, keep_float32, extra=None):
+    """Write a fixture of float32 results, gradients and their float64 counterparts (the
+    ``make_seam`` layout); ``extra(net, key, x)`` adds float32-only arrays per input."""
     import torch
 
-    from hfpl_jax.weights import seeded_state_dict
-
-    state = seeded_state_dict("seam", SEED, 20)
-    arrays = _parameter_groups(seam_module.Net(), frozen_after_train=True)
-    net = _seam_net(seam_module, state, torch.float32)
+    arrays = _parameter_groups(net_class(), frozen_after_train=True)
+    net = _reference_net(net_class, state, torch.float32)
     float64 = {}
     for key in INPUT_SHAPES:
         x = make_input(key)
         arrays[f"{key}/input"] = x
-        with _ReluInputs(net) as relu32:
-            outputs = _seam_backward(net, x, torch.float32)
-        for name, value in outputs.items():
-            arrays[f"{key}/{name}"] = _nhwc(value)
-        full = SEAM_FULL_GRADS if key == "64" else ()
-        arrays.update(_grad_summary(net, key, full, SEAM_GRAD_SLICES))
-        logits32 = outputs["logits"].detach().double().numpy()
+        with _KinkInputs(net) as kinks32:
+            outputs = run(net, x, torch.float32)
+        outputs32 = {k: v.detach().numpy().copy() for k, v in outputs.items()}
         del outputs
-        float64.update(_seam_float64(seam_module, state, key, x, logits32, relu32, full))
-        del relu32
-    path = os.path.join(out_dir, "golden_models_seam.npz")
+        arrays.update({f"{key}/{k}": v for k, v in outputs32.items()})
+        key_full = full if key == "64" else ()
+        arrays.update(_grad_summary(net, key, key_full, slices))
+        if extra is not None:
+            arrays.update(extra(net, key, x))
+        float64.update(
+            _float64_golden(net_class, state, run, key, x, outputs32, kinks32, key_full, slices)
+        )
+        del kinks32
     if keep_float32:
         with np.load(path) as existing:
             missing = sorted(set(arrays) - set(existing.files))
@@ -458,11 +481,11 @@ def make_seam(out_dir: str, reference: str, keep_float32: bool = False) -> None:
                 print(f"  float32 on this machine vs kept {k}: {drift:.2e}")
         arrays = kept
     arrays.update(float64)
-    _report_seam(arrays)
+    _report_float64(arrays)
     _save(path, arrays)
 
 
-def _report_seam(arrays: dict) -> None:
+def _report_float64(arrays: dict) -> None:
     """Print PyTorch float32's error against float64 and the rounding sensitivity per result."""
     print(f"{'result':42s} {'fp32 err':>9s} {'sensitiv':>9s}")
     for key in INPUT_SHAPES:
@@ -471,52 +494,67 @@ def _report_seam(arrays: dict) -> None:
         for k in sorted(a for a in arrays if a.startswith(f"{key}/float64/") and "norms" not in a):
             path = k.split("/", 2)[2]
             want = arrays[k]
-            got = arrays[f"{key}/{path}"].astype(np.float64)
-            got = got[SEAM_OUTPUT_VIEW] if path in ("cam", "cam_rv") else got
+            got = arrays[f"{key}/{path}"].astype(np.float64)[OUTPUT_VIEWS.get(path, ...)]
             got = got[tuple(slice(0, n) for n in want.shape)]
             sens = float(arrays[f"{key}/rounding_sensitivity/{path}"])
             print(f"  {path:40s} {_scaled_change(got, want):9.2e} {sens:9.2e}")
 
 
-def make_affinity(out_dir: str, reference: str) -> None:
-    """Full-size AffinityNet (network/resnet38_aff.Net), eval mode: features, pair and dense aff."""
+def make_seam(out_dir: str, reference: str, keep_float32: bool = False) -> None:
+    """Full-size SEAM (network/resnet38_SEAM.Net), eval mode, in float32 and float64.
+
+    Per input ``{key}`` (64, 75x61), besides the float32 outputs and gradients:
+
+    - ``{key}/float64/<path>``: the same computation in float64 (weights, inputs and loss weights
+      are float32 values, exact in float64) on the views ``OUTPUT_VIEWS`` of the outputs,
+      ``HEAD_GRAD_VIEW`` of ``grad/<name>`` (``conv1a`` whole) and the whole
+      ``grad_slice/<name>``; ``{key}/float64/grad_norms``.
+    - ``{key}/rounding_sensitivity/<path>``: how much the float64 result moves per unit relative
+      perturbation u = 2^-24 of every datum (input, parameter, buffer), over the result's scale:
+      u times its condition number. For ``grad_norms`` the L2 change of each gradient over its
+      norm.
+    - ``{key}/kinks/*``: every ReLU input of the float64 run within ``KINK_REACH`` x its layer's
+      float32 error of 0: ``layer`` (the module whose output the ReLU takes), ``index`` (its
+      position ``(h, w, c)`` in that output, NHWC), ``z`` (its float64 value), ``layer_error``
+      (that layer's largest float32 error, PyTorch float32 against float64 on this machine) and
+      ``influence`` (per parameter, ``grad_norm_names`` order: whether flipping the kink moves
+      that gradient). The script checks that no PCM affinity or class tie of ``cam_d_norm`` is
+      within float32 reach.
+
+    With ``keep_float32`` the float32 arrays of the existing fixture are kept (PyTorch's float32
+    CPU kernels round differently on another CPU) and only the keys above are added; the drift of
+    this machine's float32 run from the kept arrays is printed.
+    """
     import_reference(reference)
-    import network.resnet38_aff as aff_module
-    import torch
-    import torch.nn.functional as F
+    import network.resnet38_SEAM as seam_module
 
     from hfpl_jax.weights import seeded_state_dict
 
-    net = aff_module.Net()
-    arrays = {}
-    arrays.update(_parameter_groups(net, frozen_after_train=True))
-    _load(net, seeded_state_dict("affinity", SEED, 0))
-    net.eval()  # resnet38d.Net.train(False) freezes not_training and BN again: undo after it
-    for p in net.parameters():
-        p.requires_grad_(True)
-    captured = {}
-    net.f9.register_forward_hook(lambda m, i, o: captured.__setitem__("f9", o))
-    full = ("f9.weight", "f8_3.weight")
-    slices = {
-        "b5.conv_branch2a.weight": np.s_[:8, :8],
-        "conv1a.weight": np.s_[:],
-        "f8_5.weight": np.s_[:16, :64],
-        "b7.bn_branch2b2.bias": np.s_[:],
-    }
-    for key in INPUT_SHAPES:
-        x = make_input(key)
-        arrays[f"{key}/input"] = x
-        net.zero_grad()
-        aff = net(_nchw(x))  # (N, K, P)
-        features = F.elu(captured["f9"])
-        w = loss_weights(aff.shape)
-        (aff * torch.from_numpy(w)).sum().backward()
-        arrays[f"{key}/affinity"] = aff.detach().numpy().copy()
-        arrays[f"{key}/features"] = _nhwc(features)
-        arrays.update(_grad_summary(net, key, full if key == "64" else (), slices))
+    path = os.path.join(out_dir, "golden_models_seam.npz")
+    state = seeded_state_dict("seam", SEED, 20)
+    _make_with_float64(path, seam_module.Net, state, _seam_backward, SEAM_FULL_GRADS,
+                       SEAM_GRAD_SLICES, keep_float32)  # fmt: skip
+
+
+def make_affinity(out_dir: str, reference: str, keep_float32: bool = False) -> None:
+    """Full-size AffinityNet (network/resnet38_aff.Net), eval mode: features, pair and dense
+    affinities, gradients of ``sum(cos(0.37 i) * affinity)``, and the float64 part as for SEAM
+    (``make_seam``); its kinks include the affinity's ``f_to - f_from`` (layer ``PAIRS``, index
+    ``(k, p, c)``: offset, "from" pixel, channel)."""
+    import_reference(reference)
+    import network.resnet38_aff as aff_module
+    import torch
+
+    from hfpl_jax.weights import seeded_state_dict
+
+    def dense(net, key, x):
         with torch.no_grad():
-            arrays[f"{key}/dense"] = net(_nchw(x), to_dense=True).numpy().copy()
-    _save(os.path.join(out_dir, "golden_models_affinity.npz"), arrays)
+            return {f"{key}/dense": net(_nchw(x), to_dense=True).numpy().copy()}
+
+    path = os.path.join(out_dir, "golden_models_affinity.npz")
+    state = seeded_state_dict("affinity", SEED, 0)
+    _make_with_float64(path, aff_module.Net, state, _affinity_backward, AFFINITY_FULL_GRADS,
+                       AFFINITY_GRAD_SLICES, keep_float32, extra=dense)  # fmt: skip
 
 
 def make_deeplab(out_dir: str, reference: str) -> None:
@@ -624,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep-float32",
         action="store_true",
-        help="seam: keep the float32 arrays of the existing fixture, add the float64 ones",
+        help="seam, affinity: keep the float32 arrays of the existing fixture, add float64 ones",
     )
     args = parser.parse_args(argv)
     if not os.path.isdir(os.path.join(args.reference, "network")):
@@ -644,8 +682,8 @@ def main(argv: list[str] | None = None) -> int:
     for part in parts:
         if part == "resize":
             make_resize(args.out)
-        elif part == "seam":
-            make_seam(args.out, args.reference, keep_float32=args.keep_float32)
+        elif part in ("seam", "affinity"):
+            makers[part](args.out, args.reference, keep_float32=args.keep_float32)
         else:
             makers[part](args.out, args.reference)
     return 0
