@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hfpl_jax import checkpoint, parallel
+from hfpl_jax import checkpoint, checksums, parallel
 from hfpl_jax.train.optimizers import TorchSGDState
 
 
@@ -120,6 +120,7 @@ def test_iterator_state_from_another_process_count_is_a_clear_error(tmp_path):
     os.rename(
         os.path.join(item_dir, "process_0-of-1.json"), os.path.join(item_dir, "process_0-of-2.json")
     )
+    checksums.write_manifest(os.path.dirname(item_dir))  # as the 2-process run would have
     manager = checkpoint.CheckpointManager(str(tmp_path), every_steps=1, keep=1)
     with pytest.raises(ValueError, match="restore_data_state=false"):
         manager.restore(1, abstract=_abstract(tree, mesh), data_iterator=_Iterator())
