@@ -282,19 +282,13 @@ def seam_hfpl_losses(
     return _with_fsl_and_total(terms, total, images, outputs1["logits"], label_full, settings)
 
 
-def single_branch_losses(
-    outputs: Mapping[str, jax.Array],
-    images: jax.Array,
-    labels: jax.Array,
-    isl_key: jax.Array,
-    settings: LossSettings,
-    *,
-    isl_fn: IslFn | None = None,
-) -> dict[str, jax.Array]:
+def single_branch_losses(outputs, images, labels, isl_key, settings, *, isl_fn=None) -> dict:
     """The HFPL add-on on any CAM network: ``(1−w)·GAP + w·ISL + λ·FSL``.
 
     ``outputs``: ``{"cam": (N,H,W,K+1) (for gap_source="cam"), "logits": (N,h,w,K+1)}``; channel 0
-    is ignored. Returns ``{"loss", "loss_cls", "loss_gap1", "loss_isl"?, "loss_fsl"?}``.
+    is ignored. ``images``, ``labels``, ``isl_key``, ``settings`` and ``isl_fn`` as in
+    :func:`seam_hfpl_losses`. Returns ``{"loss", "loss_cls", "loss_gap1", "loss_isl"?,
+    "loss_fsl"?}``, float32 scalars.
     """
     isl_fn = isl_fn or _default_isl(settings)
     outputs = _float32(outputs)
@@ -356,19 +350,8 @@ def cam_loss_and_batch_stats(
     return terms["loss"], (terms, new_batch_stats)
 
 
-def cam_loss_fn(
-    params: Any,
-    batch_stats: Any,
-    images: jax.Array,
-    labels: jax.Array,
-    key: jax.Array,
-    *,
-    model: Any,
-    settings: LossSettings,
-    isl_fn: IslFn | None = None,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """``(total, terms)`` of :func:`cam_loss_and_batch_stats` (the BN statistics dropped)."""
-    total, (terms, _) = cam_loss_and_batch_stats(
-        params, batch_stats, images, labels, key, model=model, settings=settings, isl_fn=isl_fn
-    )
+def cam_loss_fn(*args: Any, **kwargs: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """``(total, terms)``: :func:`cam_loss_and_batch_stats` (same arguments) without the BN
+    statistics, for callers that differentiate or compare the loss alone."""
+    total, (terms, _) = cam_loss_and_batch_stats(*args, **kwargs)
     return total, terms

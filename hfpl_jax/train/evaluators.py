@@ -302,6 +302,7 @@ class ClassificationEvaluator:
         self.batch_size = int(batch_size or config.input.global_batch_size)
         parallel.local_batch_size(self.batch_size, context.mesh)  # divisible by the mesh
         self.mesh = context.mesh
+        self.model = context.model
         builder_kwargs = dict(config.input.to_dict().get("builder_kwargs") or {})
         self.source = data.raw_source(
             config.input.dataset,
