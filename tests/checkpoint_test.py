@@ -284,7 +284,7 @@ def test_checkpoint_without_manifest_is_read_with_a_warning(tmp_path, caplog):
     np.testing.assert_array_equal(params["fc8"]["kernel"], np.full((4, 5), 4.0, np.float32))
     assert "checkpoint 4" in caplog.text and "cannot be verified" in caplog.text
     # What orbax cannot read, unverified, is still a clear error naming the step.
-    _flip_middle_bytes(os.path.join(checkpoint.checkpoint_dir(workdir), "4", "params", "_sharding"))
+    _flip_middle_bytes(os.path.join(checkpoint.checkpoint_dir(workdir), "4", "params", "_METADATA"))
     with pytest.raises(ValueError, match=r"checkpoint 4 in .* could not be restored"):
         checkpoint.load_params(workdir, step=4)
     manager = checkpoint.CheckpointManager(workdir, every_steps=2, keep=3)

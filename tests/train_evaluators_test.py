@@ -33,7 +33,7 @@ def test_confusion_matrix_iou_and_names():
     np.testing.assert_allclose(whole.iou(), want, rtol=1e-9)
     scalars = evaluators.metric_scalars("eval/val", {"seg": whole})
     assert scalars["eval/val/seg/miou"] == pytest.approx(want.mean())
-    assert scalars["eval/val/seg/pixel_accuracy"] == pytest.approx(12 / 21)
+    assert scalars["eval/val/seg/pixel_accuracy"] == pytest.approx(12 / 16)
     assert scalars["eval/val/seg/iou_per_class/02_square"] == pytest.approx(0.8)
     with pytest.raises(ValueError, match=r"\(3, 3\)"):
         evaluators.ConfusionMatrix(counts[:2], names)
