@@ -140,3 +140,49 @@ def test_two_processes_equal_one_process(shapes_dir, tmp_path):  # noqa: F811
     assert [r["step"] for r in two_log] == [1, 2, 3]
     for ours, theirs in zip(two_log, one_log, strict=True):
         np.testing.assert_allclose(ours["loss"], theirs["loss"], rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(shapes_dir, tmp_path):  # noqa: F811
+    extra = {"train.num_steps": 200, "train.image_every_steps": 0, "checkpoint.every_steps": 500,
+             "train.log_every_steps": 2}  # fmt: skip
+    workdir = str(tmp_path / "two")
+    port = _free_port()
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    processes = [
+        subprocess.Popen(
+            [
+                *COMMAND,
+                f"--workdir={workdir}",
+                "--no_progress",
+                f"--coordinator_address=localhost:{port}",
+                "--num_processes=2",
+                f"--process_id={index}",
+                *tiny_overrides(shapes_dir, **extra),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for index in range(2)
+    ]
+    try:
+        metrics = os.path.join(workdir, "metrics.jsonl")
+        deadline = time.monotonic() + 600
+        while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+            assert all(p.poll() is None for p in processes), "training exited early"
+            assert time.monotonic() < deadline, "no metrics after 600 s"
+            time.sleep(0.05)
+        processes[1].send_signal(signal.SIGTERM)  # process 0 gets nothing
+        errors = [p.communicate(timeout=600)[1] for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+    for p, err in zip(processes, errors, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    (saved,) = checkpoint.CheckpointManager(workdir).all_steps()
+    assert saved < 200 and saved % 2 == 0, saved  # stopped early, at a logging step
+    assert "stop requested (signal); saved step" in errors[0]

@@ -10,7 +10,7 @@ model, its loss, its data and the names of its metrics. The runner owns the rest
 * the optimizer of ``config.optim`` (``hfpl_jax.train.optimizers``) over the model's parameters;
 * the jitted, donated update over global arrays (:func:`make_train_step`);
 * checkpoints every ``config.checkpoint.every_steps`` and at the end; SIGTERM/SIGINT save and stop
-  cleanly (single-process runs);
+  cleanly (a multi-process run, at the next ``log_every_steps`` step, all processes together);
 * the finite check: every metric of every step, the run stopping at the first NaN/Inf with
   :class:`NonFiniteLossError` naming the metric and the step, the bad state never saved;
 * logging: ``metrics.jsonl``, TensorBoard, a progress bar, the optimizer's own learning rate,
@@ -31,24 +31,27 @@ Writing a stage (a sketch of the two that come next; each is a module of ~200 li
 
     # hfpl_jax/train/affinity.py: AffinityNet (train_aff_voc.py)
     def make_stage(config, mesh):
-        data = runner.TrainData(iterator=make_aff_train_iterator(...), num_classes=K,
-                                num_train_examples=N)  # batches {"image", "aff_bg", "aff_fg",
-                                                       #          "aff_neg"} from the pipeline
+        data = runner.TrainData(                       # batches {"image", "bg_pos", "fg_pos",
+            iterator=input_pipeline.make_aff_train_iterator(...),  # "neg"} (affinity labels
+            num_classes=K, num_train_examples=N)       #  from the CRF outputs)
         model = model_setup.build_model(config, K)     # arch "affinity", batch_norm "frozen"
-        def loss_fn(params, batch_stats, batch, key):  # losses.affinity_loss terms
+        def loss_fn(params, batch_stats, batch, key):  # the affinity loss terms
             ...
             return total, (terms, batch_stats)         # frozen BN: statistics unchanged
         return runner.Stage("train-aff", model, loss_fn, data,
-                            batch_keys=("image", "aff_bg", "aff_fg", "aff_neg"))
-    main = functools.partial(runner.main, prog="hfpl-jax train-aff", ..., make_stage=make_stage)
+                            batch_keys=("image", "bg_pos", "fg_pos", "neg"))
+    def main(argv=None):
+        return runner.main(argv, prog="hfpl-jax train-aff", description="...",
+                           make_stage=make_stage)
 
     # hfpl_jax/train/segmentation.py: DeepLab-LargeFOV (train_final_voc.py)
+    #   data: make_seg_train_iterator, {"image", "label"} with the pseudo labels;
     #   model: arch "deeplab_largefov", model.batch_norm "batch": loss_fn applies the model with
-    #   mutable=["batch_stats"] and returns the new running averages; the runner carries them.
+    #   mutable=["batch_stats"] and returns the new running averages, which the runner carries;
     #   optim: reference_momentum_bug False (a real momentum 0.9) and the schedule
-    #   lr·(1 − t/(max+1))^0.9 as an option of hfpl_jax.train.optimizers.
-    #   data: {"image", "label"} with the pseudo labels; evals: a "seg_miou" evaluator registered
-    #   in hfpl_jax.train.evaluators returning a ConfusionMatrix.
+    #   lr·(1 − t/(max+1))^0.9, an option of hfpl_jax.train.optimizers;
+    #   evals: a "seg_miou" evaluator registered in hfpl_jax.train.evaluators, returning a
+    #   ConfusionMatrix.
 """
 
 from __future__ import annotations
@@ -424,7 +427,7 @@ def train_and_evaluate(
             if due:
                 log.drain()  # never evaluate a state whose loss was not finite
                 log.exclude(_evaluate(due, state, done, writer))
-            stopping = stop.requested()
+            stopping = stop.requested(agree=done % config.train.log_every_steps == 0)
             if manager.should_save(done) or done == max_step or stopping:
                 log.drain()  # never checkpoint a state whose loss was not finite
                 manager.save(
@@ -480,12 +483,17 @@ def _evaluate(due, state: TrainState, step: int, writer) -> float:
 
 
 class _StopSignal:
-    """SIGTERM/SIGINT request a checkpoint and a clean exit (single-process runs)."""
+    """SIGTERM/SIGINT request a checkpoint and a clean exit.
+
+    A multi-process run stops when any process got a signal (a preempted pod signals every
+    host, maybe not at the same step): the processes agree at ``agree`` steps, by one small
+    all-gather, so all of them save the same step and leave together.
+    """
 
     def __init__(self):
         self._requested = False
         self._previous = {}
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
 
@@ -495,10 +503,17 @@ class _StopSignal:
             self.restore()
             raise KeyboardInterrupt
         self._requested = True
-        logger.warning("received signal %d: will checkpoint and stop after this step", signum)
+        logger.warning("received signal %d: will checkpoint and stop", signum)
 
-    def requested(self) -> bool:
-        return self._requested
+    def requested(self, *, agree: bool) -> bool:
+        if jax.process_count() == 1:
+            return self._requested
+        if not agree:
+            return False
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        flags = multihost_utils.process_allgather(np.int32(self._requested))
+        return bool(np.any(flags))
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
