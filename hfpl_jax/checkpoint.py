@@ -54,6 +54,8 @@ __all__ = [
     "load_config_json",
     "load_params",
     "load_variables",
+    "newest_intact_step",
+    "verify_step",
 ]
 
 logger = logging.getLogger(__name__)
@@ -466,6 +468,17 @@ def _intact_step(workdir: str, step: int | None, items: Sequence[str]) -> tuple[
             )
         return directory, candidate
     raise _every_step_corrupt(directory, errors)
+
+
+def newest_intact_step(workdir: str, items: Sequence[str] = ("params", "batch_stats")) -> int:
+    """The newest step of ``workdir`` whose ``items`` verify against its manifest (what
+    :func:`load_variables` without a step reads), for callers that record which step they used.
+
+    Raises:
+      FileNotFoundError: no checkpoints.
+      CorruptCheckpointError: every checkpoint's ``items`` are corrupt.
+    """
+    return _intact_step(workdir, None, tuple(items))[1]
 
 
 def _read_tree_as_numpy(directory: epath.Path, step: int, item: str) -> Any:

@@ -221,6 +221,7 @@ def test_flipped_bytes_in_any_file_are_detected_never_used(tmp_path):
         # The newest: step 4's values, or step 2's when step 4's parameters are corrupt.
         newest = 2 if relative.startswith("params/") else 4
         _assert_tree_equal(checkpoint.load_params(workdir), want[newest]["params"])
+        assert checkpoint.newest_intact_step(workdir, ("params",)) == newest
 
         # Resuming verifies the whole step: always step 2, with its input position.
         manager = checkpoint.CheckpointManager(workdir, every_steps=2, keep=3)
