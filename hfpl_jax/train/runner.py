@@ -411,6 +411,8 @@ def train_and_evaluate(
             batch = parallel.host_batch_to_global(
                 {key: host_batch[key] for key in stage.batch_keys}, mesh
             )
+            if step == start_step:
+                train_step = _compile_on_every_process(train_step, (state, batch), f"step{step}")
             state, metrics = train_step(state, batch)
             log.push(step, metrics)
             done = step + 1
@@ -452,6 +454,19 @@ def train_and_evaluate(
             os.path.abspath(writer.metrics_path),
         )
     return state
+
+
+def _compile_on_every_process(jitted, args: tuple, name: str):
+    """``jitted`` compiled for ``args``; in a multi-process run every process then waits for the
+    others' compilation, so the first execution starts together everywhere: the CPU collectives
+    (gloo) give up after 30 s, less than the skew of two long compilations on a busy host."""
+    compiled = jitted.lower(*args).compile()
+    if jax.process_count() > 1:
+        import orbax.checkpoint as ocp  # noqa: PLC0415
+
+        barrier = ocp.multihost.get_barrier_sync_fn()
+        barrier(key=f"hfpl_jax.runner.compiled.{name}", timeout_ms=3_600_000)
+    return compiled
 
 
 def _next_batch(iterator, step: int, max_step: int):
