@@ -14,7 +14,7 @@ Loss per arch:
   its training loop, from the top of the loop body to ``loss = ...``, are read from the checkout
   with ``ast`` and executed with the reference network (``hfpl_jax.reference.CamLossCode``;
   nothing of the reference is copied into hfpl-jax); the JAX side is
-  ``hfpl_jax.train.cam.cam_loss_fn``. Both sides run with dropout off (so the two branches are
+  ``hfpl_jax.train.cam_loss.cam_loss_fn``. Both sides run with dropout off (so the two branches are
   deterministic) and the importance-sampling draws replaced by the same fixed indices.
 - ``affinity``: ``sum(cos(0.37 i) * affinity)`` (a fixed linear test loss).
 - ``deeplab_largefov``: pixel-wise cross entropy against fixed random targets, with the final
@@ -296,7 +296,7 @@ def compare_seam(args, net, state, table: Table) -> None:
     from hfpl_jax import models
     from hfpl_jax.image_ops import scaled_size
     from hfpl_jax.losses import importance_sampling_loss_from_indices
-    from hfpl_jax.train.cam import LossSettings, cam_loss_fn
+    from hfpl_jax.train.cam_loss import LossSettings, cam_loss_fn
 
     rng = np.random.default_rng(args.seed + 1)
     n, (h, w), k = args.batch, args.size, args.num_classes

@@ -76,15 +76,15 @@ def evaluate(workdir: str, split: str, scales: tuple[float, ...], max_images: in
     from hfpl_jax import checkpoint, data
     from hfpl_jax.data import transforms
     from hfpl_jax.image_ops import resize_bilinear
-    from hfpl_jax.train import cam, cam_config
+    from hfpl_jax.train import cam_config, model_setup
 
     config = cam_config.restore_config(checkpoint.load_config_json(workdir))
     variables = checkpoint.load_variables(workdir)
-    data_dir = cam.resolve_data_dir(config.input.data_dir)
+    data_dir = data.resolve_data_dir(config.input.data_dir)
     kwargs = dict(config.input.builder_kwargs)
     source = data.open_split(config.input.dataset, data_dir, split, **kwargs)
     num_classes = data.num_classes(config.input.dataset, data_dir, **kwargs)
-    model = cam.build_model(config, num_classes)
+    model = model_setup.build_model(config, num_classes)
 
     @jax.jit  # one compilation per input size
     def maps(variables, image):

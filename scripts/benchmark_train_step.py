@@ -52,7 +52,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _jax_setup(batch: int, crop: int, num_classes: int, seed: int, conv_impl: str):
     from hfpl_jax import config_utils, parallel
-    from hfpl_jax.train import cam, optimizers
+    from hfpl_jax.train import cam, cam_loss, model_setup, optimizers
 
     config = config_utils.load_config(
         os.path.join(REPO, "configs", "cam_voc_seam_hfpl.py"),
@@ -64,10 +64,10 @@ def _jax_setup(batch: int, crop: int, num_classes: int, seed: int, conv_impl: st
         ],
     )
     mesh = parallel.make_mesh(1)
-    model = cam.build_model(config, num_classes).clone(conv_impl=conv_impl)
-    abstract = cam.abstract_variables(model, config)
+    model = model_setup.build_model(config, num_classes).clone(conv_impl=conv_impl)
+    abstract = model_setup.abstract_variables(model, config)
     optimizer = optimizers.make_optimizer(config.optim, abstract["params"], max_step=10576)
-    settings = cam.LossSettings.from_config(config.loss)
+    settings = cam_loss.LossSettings.from_config(config.loss)
     train_step = cam.make_train_step(model, optimizer.tx, settings, mesh)
     rng = np.random.default_rng(seed)
     images = rng.standard_normal((batch, crop, crop, 3)).astype(np.float32)
@@ -80,12 +80,12 @@ def _jax_setup(batch: int, crop: int, num_classes: int, seed: int, conv_impl: st
 def make_jax_step(batch: int, crop: int, num_classes: int, seed: int, conv_impl: str):
     import jax
 
-    from hfpl_jax.train import cam
+    from hfpl_jax.train import model_setup
 
     config, mesh, model, optimizer, train_step, batch_arrays = _jax_setup(
         batch, crop, num_classes, seed, conv_impl
     )
-    holder = {"state": cam.init_train_state(model, optimizer.tx, config, mesh)}
+    holder = {"state": model_setup.init_train_state(model, optimizer.tx, config, mesh)}
 
     def step():
         holder["state"], metrics = train_step(holder["state"], batch_arrays)
@@ -97,12 +97,12 @@ def make_jax_step(batch: int, crop: int, num_classes: int, seed: int, conv_impl:
 
 def train_step_memory(batch: int, crop: int, num_classes: int, conv_impl: str) -> dict:
     """XLA's memory figures (bytes) of the compiled train step; the state is abstract."""
-    from hfpl_jax.train import cam
+    from hfpl_jax.train import model_setup
 
     config, _, model, optimizer, train_step, batch_arrays = _jax_setup(
         batch, crop, num_classes, 0, conv_impl
     )
-    state = cam.abstract_train_state(model, optimizer.tx, config)
+    state = model_setup.abstract_train_state(model, optimizer.tx, config)
     start = time.perf_counter()
     analysis = train_step.lower(state, batch_arrays).compile().memory_analysis()
     return {

@@ -1,14 +1,16 @@
 """Checkpoint save / restore / load_params (hfpl_jax.checkpoint) on simulated devices."""
 
 import json
+import logging
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hfpl_jax import checkpoint, parallel
+from hfpl_jax import checkpoint, checksums, parallel
 from hfpl_jax.train.optimizers import TorchSGDState
 
 
@@ -120,6 +122,7 @@ def test_iterator_state_from_another_process_count_is_a_clear_error(tmp_path):
     os.rename(
         os.path.join(item_dir, "process_0-of-1.json"), os.path.join(item_dir, "process_0-of-2.json")
     )
+    checksums.write_manifest(os.path.dirname(item_dir))  # as the 2-process run would have
     manager = checkpoint.CheckpointManager(str(tmp_path), every_steps=1, keep=1)
     with pytest.raises(ValueError, match="restore_data_state=false"):
         manager.restore(1, abstract=_abstract(tree, mesh), data_iterator=_Iterator())
@@ -131,3 +134,172 @@ def test_bad_options():
         checkpoint.CheckpointManager("/tmp/unused", every_steps=0)
     with pytest.raises(ValueError, match="keep"):
         checkpoint.CheckpointManager("/tmp/unused", keep=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Integrity: checksum manifests, corrupted files, fallback to the newest intact checkpoint.
+
+
+def _two_checkpoints(workdir, *, async_save=True):
+    """Checkpoints 2 and 4 (values scaled by the step), as a run saves them."""
+    mesh = parallel.make_mesh()
+    manager = checkpoint.CheckpointManager(workdir, every_steps=2, keep=3, async_save=async_save)
+    for step in (2, 4):
+        _save(manager, step, _state(mesh, scale=float(step)), _Iterator(position=step))
+    manager.close()
+    return mesh
+
+
+def _flip_middle_bytes(path, count=8):
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        middle = len(data) // 2
+        for i in range(middle, min(middle + count, len(data))):
+            data[i] ^= 0xFF
+        f.seek(0)
+        f.write(bytes(data))
+
+
+def _files_under(directory):
+    return sorted(
+        os.path.relpath(os.path.join(root, name), directory)
+        for root, _, names in os.walk(directory)
+        for name in names
+    )
+
+
+def _assert_tree_equal(got, want):
+    got_leaves, want_leaves = jax.tree.leaves(got), jax.tree.leaves(want)
+    assert len(got_leaves) == len(want_leaves)
+    for g, w in zip(got_leaves, want_leaves, strict=True):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_every_saved_file_is_in_the_manifest(tmp_path, async_save):
+    workdir = str(tmp_path)
+    _two_checkpoints(workdir, async_save=async_save)
+    for step in (2, 4):
+        step_dir = os.path.join(checkpoint.checkpoint_dir(workdir), str(step))
+        with open(os.path.join(step_dir, checksums.MANIFEST_NAME)) as f:
+            listed = sorted(json.load(f)["files"])
+        assert listed == [p for p in _files_under(step_dir) if p != checksums.MANIFEST_NAME]
+        assert any(p.startswith("params/ocdbt.process_0/d/") for p in listed)
+        assert checkpoint.verify_step(checkpoint.checkpoint_dir(workdir), step)
+
+
+@pytest.mark.slow
+def test_flipped_bytes_in_any_file_are_detected_never_used(tmp_path):
+    """Bytes flipped in the middle of each file of the newest checkpoint in turn: every read
+    either raises an error naming the file or falls back to checkpoint 2; none returns other
+    values than the checkpoint it reports."""
+    pristine = str(tmp_path / "pristine")
+    mesh = _two_checkpoints(pristine)
+    want = {step: _state(mesh, scale=float(step)) for step in (2, 4)}
+    step_dir = os.path.join(checkpoint.checkpoint_dir(pristine), "4")
+    files = [p for p in _files_under(step_dir) if p != checksums.MANIFEST_NAME]
+    assert len(files) > 30
+    for index, relative in enumerate(files):
+        workdir = str(tmp_path / f"flip{index}")
+        shutil.copytree(pristine, workdir)
+        flipped = os.path.join(checkpoint.checkpoint_dir(workdir), "4", relative)
+        _flip_middle_bytes(flipped)
+
+        # An explicit step: the values of step 4, or an error naming the flipped file.
+        for load, items in (
+            (checkpoint.load_params, ("params",)),
+            (checkpoint.load_variables, ("params", "batch_stats")),
+        ):
+            if relative.split("/")[0] in items:
+                with pytest.raises(checkpoint.CorruptCheckpointError) as raised:
+                    load(workdir, step=4)
+                assert raised.value.step == 4 and flipped in str(raised.value), relative
+            else:
+                loaded = load(workdir, step=4)
+                _assert_tree_equal(loaded.get("params", loaded), want[4]["params"])
+
+        # The newest: step 4's values, or step 2's when step 4's parameters are corrupt.
+        newest = 2 if relative.startswith("params/") else 4
+        _assert_tree_equal(checkpoint.load_params(workdir), want[newest]["params"])
+        assert checkpoint.newest_intact_step(workdir, ("params",)) == newest
+
+        # Resuming verifies the whole step: always step 2, with its input position.
+        manager = checkpoint.CheckpointManager(workdir, every_steps=2, keep=3)
+        iterator = _Iterator()
+        step, restored = manager.restore_latest(
+            abstract=_abstract(want[2], mesh), data_iterator=iterator
+        )
+        assert step == 2 and iterator.position == 2, relative
+        _assert_tree_equal(restored, want[2])
+        assert manager.all_steps() == [2]  # the corrupt step is out of orbax's way
+        manager.close()
+        moved = os.path.join(workdir, checkpoint.CORRUPT_SUBDIR, "4", relative)
+        assert os.path.isfile(moved), relative
+
+
+def test_corrupt_newest_checkpoint_is_set_aside_and_the_log_says_so(tmp_path, caplog):
+    workdir = str(tmp_path)
+    mesh = _two_checkpoints(workdir)
+    params_dir = os.path.join(checkpoint.checkpoint_dir(workdir), "4", "params")
+    data_file = max(
+        (os.path.join(params_dir, p) for p in _files_under(params_dir)), key=os.path.getsize
+    )
+    _flip_middle_bytes(data_file)
+    with pytest.raises(checkpoint.CorruptCheckpointError, match=r"checkpoint 4 is corrupt: .*"):
+        checkpoint.load_params(workdir, step=4)
+    manager = checkpoint.CheckpointManager(workdir, every_steps=2, keep=3)
+    with caplog.at_level("WARNING", logger="hfpl_jax.checkpoint"):
+        step, _ = manager.restore_latest(abstract=_abstract(_state(mesh), mesh))
+    assert step == 2
+    assert data_file in caplog.text
+    assert "resuming from checkpoint 2, the newest intact one" in caplog.text
+    # Training goes on: step 4 can be saved again.
+    _save(manager, 4, _state(mesh, scale=4.0))
+    manager.close()
+    np.testing.assert_array_equal(
+        checkpoint.load_params(workdir)["fc8"]["kernel"], np.full((4, 5), 4.0)
+    )
+
+
+def test_every_checkpoint_corrupt_is_an_error_and_nothing_is_moved(tmp_path):
+    workdir = str(tmp_path)
+    mesh = _two_checkpoints(workdir)
+    for step in (2, 4):
+        _flip_middle_bytes(
+            os.path.join(checkpoint.checkpoint_dir(workdir), str(step), "train_meta", "_sharding")
+        )
+    manager = checkpoint.CheckpointManager(workdir, every_steps=2, keep=3)
+    with pytest.raises(checkpoint.CorruptCheckpointError, match=r"No checkpoint .* is intact"):
+        manager.restore_latest(abstract=_abstract(_state(mesh), mesh))
+    assert manager.all_steps() == [2, 4]
+    manager.close()
+
+
+def test_checkpoint_without_manifest_is_read_with_a_warning(tmp_path, caplog):
+    workdir = str(tmp_path)
+    mesh = _two_checkpoints(workdir)
+    for step in (2, 4):
+        os.remove(os.path.join(checkpoint.checkpoint_dir(workdir), str(step), "checksums.json"))
+    with caplog.at_level("WARNING"):
+        params = checkpoint.load_params(workdir)
+    np.testing.assert_array_equal(params["fc8"]["kernel"], np.full((4, 5), 4.0, np.float32))
+    assert "checkpoint 4" in caplog.text and "cannot be verified" in caplog.text
+    # What orbax cannot read, unverified, is still a clear error naming the step.
+    _flip_middle_bytes(os.path.join(checkpoint.checkpoint_dir(workdir), "4", "params", "_METADATA"))
+    with pytest.raises(ValueError, match=r"checkpoint 4 in .* could not be restored"):
+        checkpoint.load_params(workdir, step=4)
+    manager = checkpoint.CheckpointManager(workdir, every_steps=2, keep=3)
+    with pytest.raises(ValueError, match=r"checkpoint 4 in .* could not be restored"):
+        manager.restore_latest(abstract=_abstract(_state(mesh), mesh))
+    manager.close()
+
+
+def test_loaders_print_no_orbax_warnings_about_other_items(tmp_path, caplog):
+    workdir = str(tmp_path)
+    _two_checkpoints(workdir)
+    with caplog.at_level("INFO"):
+        checkpoint.load_params(workdir)
+        checkpoint.load_variables(workdir, step=2)
+        checkpoint.load_config_json(workdir)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == []

@@ -6,6 +6,7 @@ result with a run in this process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -90,14 +91,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.multiprocess
-def test_two_processes_equal_one_process(shapes_dir, tmp_path):  # noqa: F811
-    extra = {"train.num_steps": 3, "train.image_every_steps": 2, "checkpoint.every_steps": 2}
-    workdir = str(tmp_path / "two")
+@contextlib.contextmanager
+def _two_processes(workdir, overrides):
+    """Two ``train-cam`` processes of one ``jax.distributed`` job, 2 CPU devices each (killed
+    when the block ends, if still running); stderr is piped."""
     port = _free_port()
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"  # 2 processes x 2 devices
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     processes = [
         subprocess.Popen(
             [
@@ -107,7 +106,7 @@ def test_two_processes_equal_one_process(shapes_dir, tmp_path):  # noqa: F811
                 f"--coordinator_address=localhost:{port}",
                 "--num_processes=2",
                 f"--process_id={index}",
-                *tiny_overrides(shapes_dir, **extra),
+                *overrides,
             ],
             env=env,
             stdout=subprocess.DEVNULL,
@@ -117,11 +116,20 @@ def test_two_processes_equal_one_process(shapes_dir, tmp_path):  # noqa: F811
         for index in range(2)
     ]
     try:
-        errors = [p.communicate(timeout=600)[1] for p in processes]
+        yield processes
     finally:
         for p in processes:
             if p.poll() is None:
                 p.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_equal_one_process(shapes_dir, tmp_path):  # noqa: F811
+    extra = {"train.num_steps": 3, "train.image_every_steps": 2, "checkpoint.every_steps": 2}
+    workdir = str(tmp_path / "two")
+    with _two_processes(workdir, tiny_overrides(shapes_dir, **extra)) as processes:
+        errors = [p.communicate(timeout=600)[1] for p in processes]
     for p, err in zip(processes, errors, strict=True):
         assert p.returncode == 0, err[-3000:]
     assert "process 0 of 2, 2 local / 4 global" in errors[0]
@@ -140,3 +148,25 @@ def test_two_processes_equal_one_process(shapes_dir, tmp_path):  # noqa: F811
     assert [r["step"] for r in two_log] == [1, 2, 3]
     for ours, theirs in zip(two_log, one_log, strict=True):
         np.testing.assert_allclose(ours["loss"], theirs["loss"], rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(shapes_dir, tmp_path):  # noqa: F811
+    extra = {"train.num_steps": 200, "train.image_every_steps": 0, "checkpoint.every_steps": 500,
+             "train.log_every_steps": 2}  # fmt: skip
+    workdir = str(tmp_path / "two")
+    with _two_processes(workdir, tiny_overrides(shapes_dir, **extra)) as processes:
+        metrics = os.path.join(workdir, "metrics.jsonl")
+        deadline = time.monotonic() + 600
+        while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+            assert all(p.poll() is None for p in processes), "training exited early"
+            assert time.monotonic() < deadline, "no metrics after 600 s"
+            time.sleep(0.05)
+        processes[1].send_signal(signal.SIGTERM)  # process 0 gets nothing
+        errors = [p.communicate(timeout=600)[1] for p in processes]
+    for p, err in zip(processes, errors, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    (saved,) = checkpoint.CheckpointManager(workdir).all_steps()
+    assert saved < 200 and saved % 2 == 0, saved  # stopped early, at a logging step
+    assert "stop requested (signal); saved step" in errors[0]

@@ -1,4 +1,4 @@
-"""The SEAM + HFPL loss composition (hfpl_jax.train.cam) against the reference's training loop.
+"""The SEAM + HFPL loss composition (hfpl_jax.train.cam_loss) against the reference's training loop.
 
 The golden fixture (scripts/make_golden_cam_loss.py) ran the loop body of the official
 ``train_cam_voc.py`` on fixed network outputs, with fixed ISL sample indices; here the same outputs
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from hfpl_jax import losses
-from hfpl_jax.train import cam
+from hfpl_jax.train import cam_loss
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "testdata", "cam_loss_golden.npz")
 
@@ -61,8 +61,8 @@ RENAME = {
 @pytest.mark.parametrize(("tag", "weight"), [("w0", 0.0), ("w02", 0.2), ("w1", 1.0)])
 def test_every_term_matches_the_reference_loop(golden, tag, weight):
     outputs1, outputs2, images, labels, isl_fn = _inputs(golden)
-    settings = cam.LossSettings(isl_weight=weight)
-    terms = cam.seam_hfpl_losses(
+    settings = cam_loss.LossSettings(isl_weight=weight)
+    terms = cam_loss.seam_hfpl_losses(
         outputs1, outputs2, images, labels, jax.random.key(0), settings, isl_fn=isl_fn
     )
     assert set(terms) == set(settings.term_names())
@@ -83,10 +83,10 @@ def test_every_term_matches_the_reference_loop(golden, tag, weight):
 
 def test_gradients_match_the_reference_loop(golden):
     outputs1, outputs2, images, labels, isl_fn = _inputs(golden)
-    settings = cam.LossSettings(isl_weight=0.2)
+    settings = cam_loss.LossSettings(isl_weight=0.2)
 
     def total(outputs1, outputs2):
-        return cam.seam_hfpl_losses(
+        return cam_loss.seam_hfpl_losses(
             outputs1, outputs2, images, labels, jax.random.key(0), settings, isl_fn=isl_fn
         )["loss"]
 
@@ -108,15 +108,15 @@ def test_gradients_match_the_reference_loop(golden):
 
 def test_fsl_toggle_and_weight(golden):
     outputs1, outputs2, images, labels, isl_fn = _inputs(golden)
-    off = cam.seam_hfpl_losses(
+    off = cam_loss.seam_hfpl_losses(
         outputs1, outputs2, images, labels, jax.random.key(0),
-        cam.LossSettings(isl_weight=0.2, fsl=False), isl_fn=isl_fn,
+        cam_loss.LossSettings(isl_weight=0.2, fsl=False), isl_fn=isl_fn,
     )  # fmt: skip
     assert "loss_fsl" not in off
     np.testing.assert_allclose(float(off["loss"]), golden["nofsl/loss"], rtol=2e-6)
-    coco = cam.seam_hfpl_losses(
+    coco = cam_loss.seam_hfpl_losses(
         outputs1, outputs2, images, labels, jax.random.key(0),
-        cam.LossSettings(isl_weight=0.2, fsl_weight=0.2), isl_fn=isl_fn,
+        cam_loss.LossSettings(isl_weight=0.2, fsl_weight=0.2), isl_fn=isl_fn,
     )  # fmt: skip
     want = golden["nofsl/loss"] + 0.2 * golden["w02/loss_fs1"]
     np.testing.assert_allclose(float(coco["loss"]), want, rtol=2e-6)
@@ -124,8 +124,10 @@ def test_fsl_toggle_and_weight(golden):
 
 def test_term_weights_and_sampled_isl(golden):
     outputs1, outputs2, images, labels, _ = _inputs(golden)
-    settings = cam.LossSettings(er_weight=0.0, ecr_weight=2.0, min_pool_weight=0.0, fsl=False)
-    terms = cam.seam_hfpl_losses(outputs1, outputs2, images, labels, jax.random.key(3), settings)
+    settings = cam_loss.LossSettings(er_weight=0.0, ecr_weight=2.0, min_pool_weight=0.0, fsl=False)
+    terms = cam_loss.seam_hfpl_losses(
+        outputs1, outputs2, images, labels, jax.random.key(3), settings
+    )
     cls = (0.8 * terms["loss_gap1"] + 0.2 * terms["loss_isl"] + terms["loss_gap2"]) / 2
     np.testing.assert_allclose(float(terms["loss_cls"]), float(cls), rtol=1e-6)
     np.testing.assert_allclose(
@@ -136,8 +138,8 @@ def test_term_weights_and_sampled_isl(golden):
 
 def test_single_branch_path_for_any_cam_network(golden):
     outputs1, _, images, labels, isl_fn = _inputs(golden)
-    settings = cam.LossSettings(seam=False, gap_source="logits", isl_weight=0.2)
-    terms = cam.single_branch_losses(outputs1, images, labels, jax.random.key(0), settings,
+    settings = cam_loss.LossSettings(seam=False, gap_source="logits", isl_weight=0.2)
+    terms = cam_loss.single_branch_losses(outputs1, images, labels, jax.random.key(0), settings,
                                      isl_fn=isl_fn)  # fmt: skip
     assert set(terms) == set(settings.term_names()) == {
         "loss", "loss_cls", "loss_gap1", "loss_isl", "loss_fsl"
@@ -156,17 +158,17 @@ def test_single_branch_path_for_any_cam_network(golden):
 
 def test_bad_settings_name_the_field():
     with pytest.raises(ValueError, match="loss.isl_weight"):
-        cam.LossSettings(isl_weight=1.5)
+        cam_loss.LossSettings(isl_weight=1.5)
     with pytest.raises(ValueError, match="loss.gap_source"):
-        cam.LossSettings(gap_source="mean")
+        cam_loss.LossSettings(gap_source="mean")
     with pytest.raises(ValueError, match="loss.isl_posterior"):
-        cam.LossSettings(isl_posterior="poisson")
+        cam_loss.LossSettings(isl_posterior="poisson")
     with pytest.raises(ValueError, match="loss.bogus"):
-        cam.LossSettings.from_config({"bogus": 1})
+        cam_loss.LossSettings.from_config({"bogus": 1})
 
 
 def test_branch_two_size_mismatch_is_an_error(golden):
     outputs1, outputs2, images, labels, isl_fn = _inputs(golden)
     with pytest.raises(ValueError, match="branch 2"):
-        cam.seam_hfpl_losses(outputs1, outputs1, images, labels, jax.random.key(0),
-                             cam.LossSettings(), isl_fn=isl_fn)  # fmt: skip
+        cam_loss.seam_hfpl_losses(outputs1, outputs1, images, labels, jax.random.key(0),
+                             cam_loss.LossSettings(), isl_fn=isl_fn)  # fmt: skip

@@ -24,7 +24,7 @@ from train_cam_helpers import (  # noqa: F401 - shapes_dir is a fixture
 )
 
 from hfpl_jax import checkpoint, config_utils, parallel
-from hfpl_jax.train import cam, cam_config, optimizers
+from hfpl_jax.train import cam, cam_config, cam_loss, model_setup, optimizers, runner
 
 # --------------------------------------------------------------------------------------------------
 
@@ -45,7 +45,7 @@ def test_one_step_end_to_end_through_the_command_line(
 
     records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
-    settings = cam.LossSettings.from_config(tiny_config(shapes_dir).loss)
+    settings = cam_loss.LossSettings.from_config(tiny_config(shapes_dir).loss)
     for name in (*settings.term_names(), "learning_rate"):
         assert all(np.isfinite(r[name]) for r in records), name
     # images/s is measured from the end of the first (compiling) update on.
@@ -68,12 +68,12 @@ def test_one_step_end_to_end_through_the_command_line(
 
     # Frozen parameters (conv1a, b2*, every BN) did not move; the others did.
     config = tiny_config(shapes_dir)
-    model = cam.build_model(config, 6)
+    model = model_setup.build_model(config, 6)
     mesh = parallel.make_mesh()
     optimizer = optimizers.make_optimizer(
-        config.optim, cam.abstract_variables(model, config)["params"], max_step=4
+        config.optim, model_setup.abstract_variables(model, config)["params"], max_step=4
     )
-    initial = flat(cam.init_train_state(model, optimizer.tx, config, mesh).params)
+    initial = flat(model_setup.init_train_state(model, optimizer.tx, config, mesh).params)
     final = flat(checkpoint.load_params(workdir))
     frozen = {p for group in optimizer.groups if group.frozen for p in group.paths}
     assert any(p.startswith("conv1a/") for p in frozen) and any("/bn_" in p for p in frozen)
@@ -198,7 +198,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(shapes_dir, tmp_path):  # noqa: F8
 def test_nan_loss_stops_naming_term_and_step_and_keeps_last_good_checkpoint(shapes_dir, tmp_path):  # noqa: F811
     config = tiny_config(shapes_dir, **{"train.image_every_steps": 0})
     workdir = str(tmp_path / "nan")
-    with pytest.raises(cam.NonFiniteLossError, match=r"non-finite loss 'loss_\w+' at step 2"):
+    with pytest.raises(runner.NonFiniteLossError, match=r"non-finite loss 'loss_\w+' at step 2"):
         cam.train_and_evaluate(config, workdir, data_factory=_factory(nan_at=2), progress=False)
     manager = checkpoint.CheckpointManager(workdir)
     assert manager.all_steps() == [1, 2]  # the state after the bad update was not saved
@@ -221,13 +221,13 @@ def _synthetic_batch(batch_size, crop, num_classes, seed=0):
 
 def _update_setup(config, num_devices, num_classes=6):
     mesh = parallel.make_mesh(num_devices)
-    model = cam.build_model(config, num_classes)
-    abstract = cam.abstract_variables(model, config)
+    model = model_setup.build_model(config, num_classes)
+    abstract = model_setup.abstract_variables(model, config)
     optimizer = optimizers.make_optimizer(
         config.optim, abstract["params"], max_step=config.train.num_steps
     )
-    settings = cam.LossSettings.from_config(config.loss)
-    state = cam.init_train_state(model, optimizer.tx, config, mesh)
+    settings = cam_loss.LossSettings.from_config(config.loss)
+    state = model_setup.init_train_state(model, optimizer.tx, config, mesh)
     step = cam.make_train_step(model, optimizer.tx, settings, mesh)
     return mesh, state, step
 
@@ -316,10 +316,10 @@ def test_batch_mode_statistics_follow_branch_one_over_the_global_batch(shapes_di
 def test_unknown_batch_norm_mode_names_the_field(shapes_dir):  # noqa: F811
     config = tiny_config(shapes_dir, **{"model.batch_norm": "sync"})
     with pytest.raises(ValueError, match=r"model\.batch_norm.*'sync'"):
-        cam.build_model(config, 6)
+        model_setup.build_model(config, 6)
     config = tiny_config(shapes_dir, **{"model.conv_init": "xavier"})
     with pytest.raises(ValueError, match=r"model\.conv_init.*'xavier'"):
-        cam.build_model(config, 6)
+        model_setup.build_model(config, 6)
 
 
 def test_bfloat16_compute_keeps_float32_parameters(shapes_dir):  # noqa: F811
@@ -345,7 +345,7 @@ def test_resnet50_cam_with_the_hfpl_add_on(shapes_dir):  # noqa: F811
             "model.blocks=1,1,1,1",
         ],
     )
-    settings = cam.LossSettings.from_config(config.loss)
+    settings = cam_loss.LossSettings.from_config(config.loss)
     assert not settings.seam and settings.fsl and settings.isl_weight > 0
     before = flat(_update_setup(config, 8)[1].params)
     state, metrics = _run_updates(config, 8, [_synthetic_batch(8, 32, 6)])
@@ -358,14 +358,14 @@ def test_resnet50_cam_with_the_hfpl_add_on(shapes_dir):  # noqa: F811
 def test_gradient_flow_matches_the_reference_table(shapes_dir):  # noqa: F811
     """Spec §3.7: which parameters each loss term reaches."""
     config = tiny_config(shapes_dir)
-    model = cam.build_model(config, 6)
-    variables = cam.init_variables(model, config)
-    settings = cam.LossSettings.from_config(config.loss)
+    model = model_setup.build_model(config, 6)
+    variables = model_setup.init_variables(model, config)
+    settings = cam_loss.LossSettings.from_config(config.loss)
     batch = _synthetic_batch(2, 32, 6)
 
     def term_grads(params):
         def term(name):
-            return lambda p: cam.cam_loss_fn(
+            return lambda p: cam_loss.cam_loss_fn(
                 p, variables["batch_stats"], batch["image"], batch["labels"],
                 jax.random.key(0), model=model, settings=settings,
             )[1][name]  # fmt: skip
@@ -395,37 +395,37 @@ def test_gradient_flow_matches_the_reference_table(shapes_dir):  # noqa: F811
 
 def test_max_steps_follows_the_reference():
     config = cam_config.base_config()
-    assert cam.max_steps(config, 10582) == 10576
+    assert runner.max_steps(config, 10582) == 10576
     config.train.num_steps = 7
-    assert cam.max_steps(config, 10582) == 7
+    assert runner.max_steps(config, 10582) == 7
     config.train.num_steps = None
     with pytest.raises(ValueError, match="no training steps"):
-        cam.max_steps(config, 7)
+        runner.max_steps(config, 7)
 
 
 def test_init_weights_are_loaded_over_the_random_initialisation(shapes_dir, tmp_path):  # noqa: F811
     from hfpl_jax import weights
 
     config = tiny_config(shapes_dir, seed=5)
-    model = cam.build_model(config, 6)
-    donor = jax.device_get(cam.init_variables(model, config))
+    model = model_setup.build_model(config, 6)
+    donor = jax.device_get(model_setup.init_variables(model, config))
     backbone = {"params": {k: v for k, v in donor["params"].items() if k not in ("fc8", "f9")}}
     path = str(tmp_path / "imagenet.npz")
     weights.save_variables(path, backbone)
 
     config = tiny_config(shapes_dir, **{"model.init_weights": path})
     mesh = parallel.make_mesh()
-    abstract = cam.abstract_variables(model, config)
+    abstract = model_setup.abstract_variables(model, config)
     optimizer = optimizers.make_optimizer(config.optim, abstract["params"], max_step=4)
-    params = flat(cam.init_train_state(model, optimizer.tx, config, mesh).params)
-    fresh = flat(cam.init_variables(model, tiny_config(shapes_dir))["params"])
+    params = flat(model_setup.init_train_state(model, optimizer.tx, config, mesh).params)
+    fresh = flat(model_setup.init_variables(model, tiny_config(shapes_dir))["params"])
     for path_name, value in flat(donor["params"]).items():
         if path_name.startswith(("fc8/", "f9/")):
             np.testing.assert_array_equal(params[path_name], fresh[path_name])  # heads stay random
         else:
             np.testing.assert_array_equal(params[path_name], value, err_msg=path_name)
     with pytest.raises(FileNotFoundError, match="model.init_weights"):
-        cam.init_train_state(
+        model_setup.init_train_state(
             model, optimizer.tx, tiny_config(shapes_dir, **{"model.init_weights": "/no/such.npz"}),
             mesh,
         )  # fmt: skip

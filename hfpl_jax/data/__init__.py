@@ -25,6 +25,7 @@ from hfpl_jax.data.sources import (
     num_examples,
     open_split,
     raw_source,
+    resolve_data_dir,
 )
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "num_examples",
     "open_split",
     "raw_source",
+    "resolve_data_dir",
 ]

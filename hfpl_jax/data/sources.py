@@ -73,6 +73,13 @@ def shapes_params(**builder_kwargs) -> shapes.ShapesParams:
     return shapes.ShapesParams(**builder_kwargs)
 
 
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
+    """The TFDS data directory a config means: ``input.data_dir`` when set, else
+    ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets`` (absolute, ``~`` expanded)."""
+    chosen = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    return os.path.abspath(os.path.expanduser(os.fspath(chosen)))
+
+
 def dataset_dir(name: str, data_dir: str | os.PathLike, **builder_kwargs) -> str:
     """Where dataset ``name`` (with these builder parameters) is, or would be, built."""
     _check_name(name)

@@ -58,6 +58,8 @@ Fields
 ``checkpoint.restore_data_state``  resume the input pipeline where it was (False: restart it from
                                its seed, e.g. after changing the number of processes).
 ``mesh.num_devices``           devices in the data-parallel mesh; None: all devices.
+``evals``                      evaluations during training, ``{name: {"type", "every_steps",
+                               options...}}`` (see ``hfpl_jax.train.evaluators``); none by default.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
+
+from hfpl_jax.train.cam_loss import LossSettings
 
 # Parameter groups of the SEAM network (spec §1.9, §2.1): conv1a and b2* are frozen, every BN
 # parameter is frozen (BN runs in eval mode), and the four head convs train at 10x (biases, none of
@@ -115,24 +119,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.compute_dtype = "float32"
     config.model.init_weights = ""
 
-    config.loss = ml_collections.ConfigDict()
-    config.loss.seam = True
-    config.loss.scale_factor = 0.3
-    config.loss.gap_source = "cam"
-    config.loss.isl_weight = 0.2
-    config.loss.isl_num_samples = 10
-    config.loss.isl_posterior = "binomial"
-    config.loss.fsl = True
-    config.loss.fsl_weight = 1.0
-    config.loss.fsl_mu = 2.5
-    config.loss.fsl_sigma = 5.0
-    config.loss.fsl_px = 1.0
-    config.loss.fsl_py = 2.0
-    config.loss.fsl_method = "exact"
-    config.loss.min_pool_weight = 1.0
-    config.loss.er_weight = 1.0
-    config.loss.ecr_weight = 1.0
-    config.loss.ecr_top_fraction = 0.2
+    # The loss defaults are stated once, as the field defaults of LossSettings.
+    config.loss = ml_collections.ConfigDict(LossSettings().as_dict())
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "sgd"
@@ -160,6 +148,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.num_devices = config_dict.placeholder(int)
+
+    config.evals = ml_collections.ConfigDict()  # none: the reference evaluates after training
     return config
 
 

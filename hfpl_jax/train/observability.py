@@ -3,12 +3,14 @@
 Only process 0 writes (the others get disabled writers). Files in the workdir:
 
 * ``tensorboard/``: scalars ``loss/<term>`` for every loss term (ISL and FSL included),
-  ``train/learning_rate``, ``train/images_per_second``; images ``cam/overlay`` (input, then the
-  max-normalised CAM of each present class blended over it; a second row for SEAM's ``cam_rv``).
+  ``train/learning_rate``, ``train/images_per_second``, ``eval/<evaluator>/<metric>``; images
+  such as ``cam/overlay`` (input, then the max-normalised CAM of each present class blended over
+  it; a second row for SEAM's ``cam_rv``).
 * ``metrics.jsonl``: one JSON object per logged step, ``{"step", "time", <term>..., "learning_rate",
-  "images_per_second"}``; each line is written whole and flushed. On resume, lines beyond the
-  resumed step (written after the last checkpoint of a killed run) are dropped, and TensorBoard
-  events after it are purged, so both logs read like one uninterrupted run.
+  "images_per_second"}`` (evaluations: ``{"step", "time", "eval/<evaluator>/<metric>"...}``); each
+  line is written whole and flushed. On resume, lines beyond the resumed step (written after the
+  last checkpoint of a killed run) are dropped, and TensorBoard events after it are purged, so both
+  logs read like one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -76,10 +78,8 @@ class MetricWriter:
         *,
         start_step: int = 0,
         enabled: bool = True,
-        term_names: Iterable[str] = (),
     ):
         self.enabled = enabled
-        self.term_names = tuple(term_names)
         self.tensorboard_dir = os.path.join(workdir, TENSORBOARD_DIR)
         self.metrics_path = os.path.join(workdir, METRICS_FILE)
         self._writer = None
@@ -101,32 +101,33 @@ class MetricWriter:
         for name, value in scalars.items():
             value = float(value)
             record[name] = value if math.isfinite(value) else str(value)
-            tag = f"loss/{name}" if name.startswith("loss") else f"train/{name}"
+            tag = _tag(name)
             self._writer.add_scalar(tag, value, step)
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
         self._writer.flush()
 
-    def write_cam_images(
-        self,
-        step: int,
-        image: np.ndarray,
-        outputs: Mapping[str, np.ndarray],
-        labels: np.ndarray,
-    ) -> None:
-        """CAM overlays of one example: ``image`` normalised ``(H, W, 3)``, ``outputs[k]``
-        ``(1, H, W, K+1)``, ``labels`` ``(K,)``."""
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        """``{tag: uint8 (H, W, 3)}`` images (e.g. :func:`cam_overlay_grid`'s) to TensorBoard."""
         if not self.enabled:
             return
-        grid = cam_overlay_grid(image, outputs, labels)
-        self._writer.add_image("cam/overlay", grid, step, dataformats="HWC")
+        for tag, image in images.items():
+            self._writer.add_image(tag, image, step, dataformats="HWC")
         self._writer.flush()
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _tag(name: str) -> str:
+    """TensorBoard tag of a scalar: ``eval/...`` names keep theirs; ``loss*`` go under ``loss/``,
+    the rest under ``train/``."""
+    if "/" in name:
+        return name
+    return f"loss/{name}" if name.startswith("loss") else f"train/{name}"
 
 
 def denormalize_image(image: np.ndarray) -> np.ndarray:
@@ -181,7 +182,7 @@ def cam_overlay_grid(
 class ProgressBar:
     """A tqdm bar with ETA and the current loss; a no-op when disabled."""
 
-    def __init__(self, *, total: int, initial: int = 0, enabled: bool = True):
+    def __init__(self, *, total: int, initial: int = 0, enabled: bool = True, desc: str = ""):
         self._bar = None
         if enabled:
             from tqdm import tqdm  # noqa: PLC0415
@@ -189,7 +190,7 @@ class ProgressBar:
             self._bar = tqdm(
                 total=total,
                 initial=initial,
-                desc="train-cam",
+                desc=desc or None,
                 unit="step",
                 dynamic_ncols=True,
                 mininterval=1.0,
