@@ -266,7 +266,7 @@ def test_seeded_arrays_are_deterministic_and_valid():
 def test_variables_npz_round_trip(tmp_path):
     variables = weights.from_torch(weights.seeded_state_dict("affinity", 0, 0, **TINY), "affinity")
     weights.save_variables(tmp_path / "v.npz", variables)
-    loaded = weights.load_variables(tmp_path / "v.npz")
+    loaded = weights.load_weights_file(tmp_path / "v.npz")
     assert jax.tree.structure(loaded) == jax.tree.structure(variables)
     assert jax.tree.all(jax.tree.map(np.array_equal, loaded, variables))
 
@@ -275,7 +275,7 @@ def test_convert_weights_cli(tmp_path, capsys):
     names = os.path.join(TESTDATA, "mxnet_resnet38_names_legacy.params")
     backbone = tmp_path / "backbone.npz"
     assert weights.convert_weights_main(["--input", names, "--output", str(backbone)]) == 0
-    assert len(jax.tree.leaves(weights.load_variables(backbone))) == 191
+    assert len(jax.tree.leaves(weights.load_weights_file(backbone))) == 191
     torch = pytest.importorskip("torch")
     # A partial PyTorch state dict (backbone only) + --init-seed -> complete Flax variables.
     state = weights.seeded_state_dict("seam", 0, 20, **TINY)
@@ -287,7 +287,7 @@ def test_convert_weights_cli(tmp_path, capsys):
     args = ["--input", str(tmp_path / "backbone.pth"), "--output", str(full), "--arch", "seam"]
     assert weights.convert_weights_main(args + ["--partial", "--init-seed", "0"]) == 0
     assert f"{len(backbone_only)} tensors from" in capsys.readouterr().out
-    variables = weights.load_variables(full)
+    variables = weights.load_weights_file(full)
     assert variables["params"]["fc8"]["kernel"].shape == (1, 1, 512, 21)
     np.testing.assert_array_equal(
         variables["params"]["b3"]["conv_branch1"]["kernel"],
@@ -299,7 +299,7 @@ def test_convert_weights_cli(tmp_path, capsys):
     assert len(torch.load(pth)) == 100
     again = tmp_path / "again.npz"
     weights.convert_weights_main(["--input", str(pth), "--output", str(again), "--arch", "seam"])
-    assert jax.tree.all(jax.tree.map(np.array_equal, weights.load_variables(again), variables))
+    assert jax.tree.all(jax.tree.map(np.array_equal, weights.load_weights_file(again), variables))
     shutil.copy(pth, tmp_path / "seam.bin")
     with pytest.raises(ValueError, match="expected a .params"):
         weights.convert_weights_main(["--input", str(tmp_path / "seam.bin"), "--output", "x.npz"])

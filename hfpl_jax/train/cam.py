@@ -66,7 +66,6 @@ from hfpl_jax.train.train_state import (
 logger = logging.getLogger("hfpl_jax.train.cam")
 
 GAP_SOURCES = ("cam", "logits")
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 # ==================================================================================================
@@ -499,29 +498,11 @@ def make_train_data(config: ml_collections.ConfigDict, process_index: int, proce
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
-    """``hfpl_jax.models.build`` from ``config.model``; ``model.batch_norm`` "frozen" (the
-    reference's CAM stage) or "batch" (see :func:`cam_loss_and_batch_stats`)."""
+    """``hfpl_jax.models.build_from_config(config.model, num_classes)``; ``model.batch_norm``
+    "frozen" (the reference's CAM stage) or "batch" (see :func:`cam_loss_and_batch_stats`)."""
     from hfpl_jax import models  # noqa: PLC0415
 
-    for key, allowed in (
-        ("batch_norm", models.BATCH_NORM_MODES),
-        ("conv_init", models.CONV_INITS),
-        ("compute_dtype", tuple(COMPUTE_DTYPES)),
-    ):
-        if config.model[key] not in allowed:
-            raise ValueError(f"model.{key} must be one of {allowed}, found {config.model[key]!r}.")
-    dtype_name = config.model.compute_dtype
-    blocks = config.model.blocks
-    return models.build(
-        config.model.arch,
-        num_classes,
-        width=config.model.width,
-        blocks=None if blocks is None else tuple(blocks),
-        dtype=COMPUTE_DTYPES[dtype_name],
-        batch_norm=config.model.batch_norm,
-        dropout=config.model.dropout,
-        conv_init=config.model.conv_init,
-    )
+    return models.build_from_config(config.model, num_classes)
 
 
 def load_init_weights(path: str, arch: str, variables: dict) -> dict:
