@@ -345,6 +345,8 @@ def load_weights(options: CompareOptions) -> dict[str, np.ndarray]:
 
 
 def compare_seam(options: CompareOptions, net, state, table: Table) -> None:
+    """SEAM: forward outputs in eval mode, every term of the reference's CAM training loss and
+    its gradients (dropout off, the same ISL draws on both sides)."""
     import jax
     import jax.numpy as jnp
     import torch
@@ -421,6 +423,7 @@ def _linear_test_weights(shape, dtype=np.float32) -> np.ndarray:
 
 
 def compare_affinity(options: CompareOptions, net, state, table: Table) -> None:
+    """AffinityNet: the pair affinities and the gradients of ``sum(cos(0.37 i) * affinity)``."""
     import jax
     import jax.numpy as jnp
     import torch
@@ -455,6 +458,8 @@ def compare_affinity(options: CompareOptions, net, state, table: Table) -> None:
 
 
 def compare_deeplab(options: CompareOptions, net, state, table: Table) -> None:
+    """DeepLab-LargeFOV: logits in eval mode and with batch statistics, and the gradients of the
+    pixel-wise cross entropy against fixed random targets (dropout off)."""
     import jax
     import jax.numpy as jnp
     import torch
