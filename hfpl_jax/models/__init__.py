@@ -47,7 +47,7 @@ from hfpl_jax.models.layers import (
 from hfpl_jax.models.resnet38 import ResNet38
 from hfpl_jax.models.resnet50_cam import ResNet50CAM
 from hfpl_jax.models.seam import SEAM
-from hfpl_jax.models.spec import ArchSpec, BackboneSpec
+from hfpl_jax.models.spec import LR_MULTIPLIERS, WEIGHT_DECAY, ArchSpec, BackboneSpec
 
 # The registry: one ArchSpec per architecture, each defined beside its model.
 SPECS: dict[str, ArchSpec] = {s.name: s for s in (seam.SPEC, affinity.SPEC, deeplab.SPEC,
@@ -56,10 +56,6 @@ ARCHS = tuple(SPECS)
 # Views of the specs, by arch (kept for callers of the older names).
 FROM_SCRATCH_PATTERNS = {name: s.from_scratch for name, s in SPECS.items()}
 NOT_TRAINING_PATTERNS = {name: s.not_training for name, s in SPECS.items()}
-LR_MULTIPLIERS = {"weight": 1.0, "bias": 2.0, "scratch_weight": 10.0, "scratch_bias": 20.0,
-                  "frozen": 0.0}  # fmt: skip
-WEIGHT_DECAY = {"weight": True, "bias": False, "scratch_weight": True, "scratch_bias": False,
-                "frozen": False}  # fmt: skip
 # model.compute_dtype of the configs -> the activations' dtype (parameters stay float32).
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -13,7 +13,15 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["ArchSpec", "BackboneSpec"]
+__all__ = ["LR_MULTIPLIERS", "WEIGHT_DECAY", "ArchSpec", "BackboneSpec"]
+
+# The reference's parameter groups (``get_parameter_groups`` of network/resnet38_SEAM.py,
+# network/resnet38_aff.py, lib/net/deeplabv1.py): learning-rate multiplier and weight decay of each.
+LR_MULTIPLIERS = {"weight": 1.0, "bias": 2.0, "scratch_weight": 10.0, "scratch_bias": 20.0,
+                  "frozen": 0.0}  # fmt: skip
+WEIGHT_DECAY = {"weight": True, "bias": False, "scratch_weight": True, "scratch_bias": False,
+                "frozen": False}  # fmt: skip
+_BIAS = r"(^|/)bias$"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +108,24 @@ class ArchSpec:
     def is_from_scratch(self, path: str) -> bool:
         """Whether the "/"-joined path (Flax path or PyTorch name with "/") is in a new layer."""
         return any(re.search(p, path) for p in self.from_scratch)
+
+    def optimizer_rules(self) -> dict[str, tuple]:
+        """The groups of ``param_label`` as the regex rules of ``hfpl_jax.train.optimizers``
+        (a config's ``optim.lr_mults``, ``optim.wd_mults``, ``optim.frozen``)::
+
+            lr_mults: (from_scratch + "(.*/)?bias$", 20), (from_scratch, 10), ("(^|/)bias$", 2)
+            wd_mults: ("(^|/)bias$", 0)
+            frozen:   not_training
+        """
+        scratch_bias = tuple(
+            (p + r"(.*/)?bias$", LR_MULTIPLIERS["scratch_bias"]) for p in self.from_scratch
+        )
+        scratch = tuple((p, LR_MULTIPLIERS["scratch_weight"]) for p in self.from_scratch)
+        return {
+            "lr_mults": scratch_bias + scratch + ((_BIAS, LR_MULTIPLIERS["bias"]),),
+            "wd_mults": ((_BIAS, float(WEIGHT_DECAY["bias"])),),
+            "frozen": self.not_training,
+        }
 
     def param_label(self, path: str) -> str:
         """Optimizer group of one "/"-joined parameter path: "frozen", "weight", "bias",

@@ -76,14 +76,11 @@ from hfpl_jax.models import seam
 # network/resnet38_SEAM.Net.get_parameter_groups): conv1a, b2* and every BN parameter are frozen
 # (BN runs in eval mode), and the new head convs train at 10x (biases, none of which exist in
 # SEAM, would get 2x/20x and no decay, like the reference's groups 1 and 3).
+_SEAM_RULES = seam.SPEC.optimizer_rules()
 SEAM_FROM_SCRATCH = seam.SPEC.from_scratch
-SEAM_FROZEN = seam.SPEC.not_training
-SEAM_LR_MULTS = (
-    *((pattern + r"(.*/)?bias$", 20.0) for pattern in SEAM_FROM_SCRATCH),
-    *((pattern, 10.0) for pattern in SEAM_FROM_SCRATCH),
-    (r"(^|/)bias$", 2.0),
-)
-BIAS_NO_DECAY = ((r"(^|/)bias$", 0.0),)
+SEAM_FROZEN = _SEAM_RULES["frozen"]
+SEAM_LR_MULTS = _SEAM_RULES["lr_mults"]
+BIAS_NO_DECAY = _SEAM_RULES["wd_mults"]
 
 
 def base_config() -> ml_collections.ConfigDict:
