@@ -28,56 +28,116 @@ PyTorch's float32 is 1-15% from its float64 result, and the port's error is of t
 then accepts a gradient tensor outside ``--grad-tol`` of PyTorch's float32 result when JAX's
 float32 error against float64 is within ``max(--grad-tol, PyTorch float32's own error)``
 (``add_gradient_rows``). ``--conv-impl`` picks the models' convolution implementation.
+
+From Python: ``table = compare(CompareOptions(reference=path, arch="affinity"))`` (the fields are
+the flags; ``parse_options`` builds them from a command line). Each arch's reference module and
+comparison are registered once in ``COMPARISONS``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import sys
-import types
 from collections.abc import Callable
 
 import numpy as np
 
 from hfpl_jax import atomic_io
-from hfpl_jax.reference import CamLossCode, import_reference
+from hfpl_jax.reference import (
+    CamLossCode,
+    build_affinity,
+    build_deeplab_largefov,
+    build_seam,
+    import_reference,
+)
 
-ARCHS = ("seam", "affinity", "deeplab_largefov")
+__all__ = [
+    "ARCHS",
+    "COMPARISONS",
+    "CompareOptions",
+    "Comparison",
+    "Table",
+    "add_gradient_rows",
+    "compare",
+    "errors",
+    "main",
+    "parse_options",
+]
+
+CONV_IMPLS = ("auto", "xla", "dot")  # hfpl_jax.models.CONV_IMPLS, without importing jax here
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareOptions:
+    """What ``compare`` runs: the ``compare-torch`` flags as typed fields (see ``main --help``).
+
+    Attributes:
+      reference: checkout of the official HFPL code.
+      arch: one of ``ARCHS``.
+      weights: a reference checkpoint ``.pth``, the ImageNet ``.params`` (heads seeded) or
+        converted ``.npz``; None: every tensor from ``seed`` (``weights.seeded_state_dict``).
+      seed: seed of the weights, inputs and labels.
+      num_classes: foreground classes (20 VOC, 80 the COCO SEAM).
+      size: input ``(H, W)``, each >= 16. batch: images per batch (>= 1; DeepLab uses >= 2).
+      num_samples: ISL draws per class (``seam``).
+      forward_tol, grad_tol: relative tolerances of the outputs / loss values and the gradients.
+      json: also write the table here (None: do not).
+      conv_impl: the Flax models' convolution implementation (``models.build``'s ``conv_impl``).
+      conditioning: also run the reference in float64 and accept a gradient at least as close to
+        it as the reference's float32 one (``add_gradient_rows``).
+      float64: run both frameworks in float64 (excludes ``conditioning``).
+    """
+
+    reference: str
+    arch: str = "seam"
+    weights: str | None = None
+    seed: int = 0
+    num_classes: int = 20
+    size: tuple[int, int] = (64, 64)
+    batch: int = 2
+    num_samples: int = 10
+    forward_tol: float = 1e-4
+    grad_tol: float = 1e-3
+    json: str | None = None
+    conv_impl: str = "auto"
+    conditioning: bool = False
+    float64: bool = False
+
+    def __post_init__(self):
+        if self.arch not in COMPARISONS:
+            raise ValueError(f"--arch must be one of {ARCHS}, found {self.arch!r}")
+        if self.batch < 1:
+            raise ValueError("--batch must be >= 1")
+        if len(self.size) != 2 or min(self.size) < 16:
+            raise ValueError(f"--size: expected H or HxW >= 16, found {self.size}")
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(f"--conv-impl must be one of {CONV_IMPLS}, found {self.conv_impl!r}")
+        if self.conditioning and self.float64:
+            raise ValueError("--conditioning compares float32 with float64; drop --float64")
+
+    @property
+    def np_dtype(self) -> type:
+        return np.float64 if self.float64 else np.float32
+
+    @property
+    def jnp_dtype(self):
+        import jax.numpy as jnp
+
+        return jnp.float64 if self.float64 else jnp.float32
 
 
 # ------------------------------------------------------------------------------------------------
-# The reference checkout (imported with ``hfpl_jax.reference.import_reference``)
+# The reference side
 
 
 def build_reference(arch: str, num_classes: int):
     """The reference's module for ``arch`` (``num_classes`` 20: VOC nets; 80: the COCO SEAM)."""
-    if arch == "seam":
-        if num_classes == 20:
-            from network.resnet38_SEAM import Net
-        elif num_classes == 80:
-            from network.resnet38_SEAM_coco import Net
-        else:
-            raise ValueError(
-                f"the reference SEAM has 20 (VOC) or 80 (COCO) classes, not {num_classes}"
-            )
-        return Net()
-    if arch == "affinity":
-        from network.resnet38_aff import Net
-
-        return Net()
-    if arch == "deeplab_largefov":
-        from net.deeplabv1 import deeplabv1
-
-        config = types.SimpleNamespace(
-            MODEL_BACKBONE="resnet38",
-            MODEL_BACKBONE_PRETRAIN=False,
-            MODEL_NUM_CLASSES=num_classes + 1,
-            TRAIN_BN_MOM=0.0003,
-        )
-        return deeplabv1(config)
-    raise ValueError(f"--arch must be one of {ARCHS}, found {arch!r}")
+    if arch not in COMPARISONS:
+        raise ValueError(f"--arch must be one of {ARCHS}, found {arch!r}")
+    return COMPARISONS[arch].build_reference(num_classes)
 
 
 def _disable_dropout(net) -> None:
@@ -226,7 +286,7 @@ def add_conditioning_rows(table: Table, torch32: dict, jax32: dict, torch64: dic
 
 
 def add_gradient_comparison(
-    table: Table, args, arch: str, grads, torch_grads: dict, net, torch_side: Callable
+    table: Table, options: CompareOptions, grads, torch_grads: dict, net, torch_side: Callable
 ) -> None:
     """Gradient rows of JAX's ``grads`` (a Flax tree) against ``torch_grads``; with
     ``--conditioning`` first ``torch_side(net in float64, np.float64)`` for the reference's
@@ -238,14 +298,14 @@ def add_gradient_comparison(
 
     jax_grads = weights.to_torch({"params": jax.tree.map(np.asarray, grads)})
     grads64 = None
-    if args.conditioning:
+    if options.conditioning:
         _, grads64 = torch_side(copy.deepcopy(net).double(), np.float64)
-    add_gradient_rows(table, torch_grads, jax_grads, arch, args.grad_tol, grads64)
+    add_gradient_rows(table, torch_grads, jax_grads, options.arch, options.grad_tol, grads64)
     if grads64 is not None:
-        add_conditioning_rows(table, torch_grads, jax_grads, grads64, arch)
+        add_conditioning_rows(table, torch_grads, jax_grads, grads64, options.arch)
 
 
-def _flax_variables(state: dict, arch: str, args) -> dict:
+def _flax_variables(state: dict, options: CompareOptions) -> dict:
     """``weights.from_torch`` as jax arrays; floating leaves in float64 with ``--float64`` (so the
     gradients, which JAX returns in the parameters' dtype, are not rounded to float32)."""
     import jax
@@ -255,40 +315,38 @@ def _flax_variables(state: dict, arch: str, args) -> dict:
 
     def convert(a):
         a = jnp.asarray(a)
-        return a.astype(args.jnp_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+        return a.astype(options.jnp_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
 
-    return jax.tree.map(convert, weights.from_torch(state, arch))
+    return jax.tree.map(convert, weights.from_torch(state, options.arch))
 
 
 def _torch_param_grads(net) -> dict[str, np.ndarray]:
     return {n: p.grad.numpy().copy() for n, p in net.named_parameters() if p.grad is not None}
 
 
-def load_weights(args, arch: str) -> dict[str, np.ndarray]:
-    """Torch-named arrays for both frameworks (see ``--weights``)."""
+def load_weights(options: CompareOptions) -> dict[str, np.ndarray]:
+    """Torch-named arrays for both frameworks: ``options.weights`` (any file
+    ``weights.load_weights_file`` reads; the ImageNet ``.params`` holds the backbone only) over the
+    tensors seeded from ``options.seed``."""
     from hfpl_jax import weights
 
-    seeded = weights.seeded_state_dict(arch, args.seed, args.num_classes)
-    if args.weights is None:
+    seeded = weights.seeded_state_dict(options.arch, options.seed, options.num_classes)
+    if options.weights is None:
         return seeded
-    path = args.weights
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--weights {path!r} does not exist")
-    if path.endswith(".params"):
-        backbone = weights.convert_mxnet_to_torch(weights.read_mxnet_params(path), source=path)
-        prefix = "backbone." if arch == "deeplab_largefov" else ""
-        state = dict(seeded)
-        state.update({prefix + k: v.astype(np.float32) for k, v in backbone.items()})
-        return state
-    state = weights.to_torch(weights.from_torch(weights._torch_load(path), arch), arch)
-    return state
+    if not os.path.isfile(options.weights):
+        raise FileNotFoundError(f"--weights {options.weights!r} does not exist")
+    loaded = weights.load_weights_file(options.weights, options.arch)
+    merged, _ = weights.merge_variables(weights.from_torch(seeded, options.arch), loaded)
+    return weights.to_torch(merged, options.arch)
 
 
 # ------------------------------------------------------------------------------------------------
 # Per-arch runs
 
 
-def compare_seam(args, net, state, table: Table) -> None:
+def compare_seam(options: CompareOptions, net, state, table: Table) -> None:
+    """SEAM: forward outputs in eval mode, every term of the reference's CAM training loss and
+    its gradients (dropout off, the same ISL draws on both sides)."""
     import jax
     import jax.numpy as jnp
     import torch
@@ -298,13 +356,15 @@ def compare_seam(args, net, state, table: Table) -> None:
     from hfpl_jax.losses import importance_sampling_loss_from_indices
     from hfpl_jax.train.cam_loss import LossSettings, cam_loss_fn
 
-    rng = np.random.default_rng(args.seed + 1)
-    n, (h, w), k = args.batch, args.size, args.num_classes
-    images = rng.standard_normal((n, h, w, 3)).astype(args.np_dtype)
-    labels = (rng.random((n, k)) < 3.0 / k).astype(args.np_dtype)
+    rng = np.random.default_rng(options.seed + 1)
+    n, (h, w), k = options.batch, options.size, options.num_classes
+    images = rng.standard_normal((n, h, w, 3)).astype(options.np_dtype)
+    labels = (rng.random((n, k)) < 3.0 / k).astype(options.np_dtype)
     labels[np.arange(n), rng.integers(0, k, n)] = 1.0  # every image has a label
-    model = models.build("seam", k, dropout=False, dtype=args.jnp_dtype, conv_impl=args.conv_impl)
-    variables = _flax_variables(state, "seam", args)
+    model = models.build(
+        options.arch, k, dropout=False, dtype=options.jnp_dtype, conv_impl=options.conv_impl
+    )
+    variables = _flax_variables(state, options)
 
     # Forward, eval mode.
     net.eval()
@@ -312,12 +372,12 @@ def compare_seam(args, net, state, table: Table) -> None:
         cam, cam_rv, logits = net(_nchw(images))
     out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, jnp.asarray(images))
     for name, value in (("cam", cam), ("cam_rv", cam_rv), ("logits", logits)):
-        table.add(f"forward/{name}", *errors(out[name], _nhwc(value)), args.forward_tol,
+        table.add(f"forward/{name}", *errors(out[name], _nhwc(value)), options.forward_tol,
                   str(tuple(out[name].shape)))  # fmt: skip
 
     # The full CAM loss and its gradients; dropout off, same ISL draws.
     hl, wl = out["logits"].shape[1:3]
-    isl_indices = rng.integers(0, hl * wl, size=(n * k, args.num_samples)).astype(np.int64)
+    isl_indices = rng.integers(0, hl * wl, size=(n * k, options.num_samples)).astype(np.int64)
 
     def torch_side(net_, dtype):
         _disable_dropout(net_)
@@ -326,20 +386,20 @@ def compare_seam(args, net, state, table: Table) -> None:
             p.requires_grad_(True)  # compare every gradient, frozen ones included
         net_.zero_grad()
         namespace = reference_cam_loss(
-            args.reference, net_, _nchw(images.astype(dtype)),
-            torch.from_numpy(labels.astype(dtype)), isl_indices, num_samples=args.num_samples,
+            options.reference, net_, _nchw(images.astype(dtype)),
+            torch.from_numpy(labels.astype(dtype)), isl_indices, num_samples=options.num_samples,
         )  # fmt: skip
         namespace["loss"].backward()
         return namespace, _torch_param_grads(net_)
 
-    namespace, torch_grads = torch_side(net, args.np_dtype)
+    namespace, torch_grads = torch_side(net, options.np_dtype)
 
-    indices = jnp.asarray(isl_indices.reshape(n, k, args.num_samples).transpose(0, 2, 1))
+    indices = jnp.asarray(isl_indices.reshape(n, k, options.num_samples).transpose(0, 2, 1))
 
     def isl_fn(key, logits_, labels_):
         return importance_sampling_loss_from_indices(logits_[..., 1:], labels_, indices)
 
-    settings = LossSettings(isl_num_samples=args.num_samples)
+    settings = LossSettings(isl_num_samples=options.num_samples)
     small = (scaled_size(h, 0.3), scaled_size(w, 0.3))
     loss_fn = jax.jit(jax.value_and_grad(
         lambda p: cam_loss_fn(p, variables["batch_stats"], jnp.asarray(images),
@@ -352,9 +412,9 @@ def compare_seam(args, net, state, table: Table) -> None:
              "loss_ecr": "loss_ecr", "loss_fsl": "loss_fs1"}  # fmt: skip
     for jax_name, torch_name in pairs.items():
         want = float(namespace[torch_name].item())
-        table.add(f"loss/{jax_name}", *errors(terms[jax_name], want), args.forward_tol,
+        table.add(f"loss/{jax_name}", *errors(terms[jax_name], want), options.forward_tol,
                   f"{want:.6g} (branch 2 at {small[0]}x{small[1]})")  # fmt: skip
-    add_gradient_comparison(table, args, "seam", grads, torch_grads, net, torch_side)
+    add_gradient_comparison(table, options, grads, torch_grads, net, torch_side)
 
 
 def _linear_test_weights(shape, dtype=np.float32) -> np.ndarray:
@@ -362,17 +422,18 @@ def _linear_test_weights(shape, dtype=np.float32) -> np.ndarray:
     return np.cos(0.37 * np.arange(size, dtype=np.float64)).astype(dtype).reshape(shape)
 
 
-def compare_affinity(args, net, state, table: Table) -> None:
+def compare_affinity(options: CompareOptions, net, state, table: Table) -> None:
+    """AffinityNet: the pair affinities and the gradients of ``sum(cos(0.37 i) * affinity)``."""
     import jax
     import jax.numpy as jnp
     import torch
 
     from hfpl_jax import models
 
-    rng = np.random.default_rng(args.seed + 1)
-    images = rng.standard_normal((args.batch, *args.size, 3)).astype(args.np_dtype)
-    model = models.build("affinity", 0, dtype=args.jnp_dtype, conv_impl=args.conv_impl)
-    variables = _flax_variables(state, "affinity", args)
+    rng = np.random.default_rng(options.seed + 1)
+    images = rng.standard_normal((options.batch, *options.size, 3)).astype(options.np_dtype)
+    model = models.build(options.arch, 0, dtype=options.jnp_dtype, conv_impl=options.conv_impl)
+    variables = _flax_variables(state, options)
 
     def torch_side(net_, dtype):
         net_.eval()
@@ -383,8 +444,8 @@ def compare_affinity(args, net, state, table: Table) -> None:
         (aff * torch.from_numpy(_linear_test_weights(tuple(aff.shape), dtype))).sum().backward()
         return aff, _torch_param_grads(net_)
 
-    aff, torch_grads = torch_side(net, args.np_dtype)
-    weights_ = _linear_test_weights(tuple(aff.shape), args.np_dtype)
+    aff, torch_grads = torch_side(net, options.np_dtype)
+    weights_ = _linear_test_weights(tuple(aff.shape), options.np_dtype)
 
     def loss(params):
         out = model.apply({**variables, "params": params}, jnp.asarray(images), train=False)
@@ -392,11 +453,13 @@ def compare_affinity(args, net, state, table: Table) -> None:
 
     grads, out = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
     table.add("forward/affinity", *errors(out["affinity"], aff.detach().numpy()),
-              args.forward_tol, str(tuple(aff.shape)))  # fmt: skip
-    add_gradient_comparison(table, args, "affinity", grads, torch_grads, net, torch_side)
+              options.forward_tol, str(tuple(aff.shape)))  # fmt: skip
+    add_gradient_comparison(table, options, grads, torch_grads, net, torch_side)
 
 
-def compare_deeplab(args, net, state, table: Table) -> None:
+def compare_deeplab(options: CompareOptions, net, state, table: Table) -> None:
+    """DeepLab-LargeFOV: logits in eval mode and with batch statistics, and the gradients of the
+    pixel-wise cross entropy against fixed random targets (dropout off)."""
     import jax
     import jax.numpy as jnp
     import torch
@@ -404,20 +467,20 @@ def compare_deeplab(args, net, state, table: Table) -> None:
 
     from hfpl_jax import models
 
-    rng = np.random.default_rng(args.seed + 1)
-    n, (h, w), k = max(args.batch, 2), args.size, args.num_classes
-    images = rng.standard_normal((n, h, w, 3)).astype(args.np_dtype)
+    rng = np.random.default_rng(options.seed + 1)
+    n, (h, w), k = max(options.batch, 2), options.size, options.num_classes
+    images = rng.standard_normal((n, h, w, 3)).astype(options.np_dtype)
     targets = rng.integers(0, k + 1, size=(n, h, w))
     model = models.build(
-        "deeplab_largefov", k, dropout=False, dtype=args.jnp_dtype, conv_impl=args.conv_impl
+        options.arch, k, dropout=False, dtype=options.jnp_dtype, conv_impl=options.conv_impl
     )
-    variables = _flax_variables(state, "deeplab_largefov", args)
+    variables = _flax_variables(state, options)
     net.eval()
     with torch.no_grad():
         logits_eval = net(_nchw(images))
     out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, jnp.asarray(images))
     table.add("forward/logits (eval)", *errors(out["logits"], _nhwc(logits_eval)),
-              args.forward_tol, str(tuple(out["logits"].shape)))  # fmt: skip
+              options.forward_tol, str(tuple(out["logits"].shape)))  # fmt: skip
 
     def torch_side(net_, dtype):
         _disable_dropout(net_)
@@ -430,7 +493,7 @@ def compare_deeplab(args, net, state, table: Table) -> None:
         return logits_, _torch_param_grads(net_)
 
     reference_state = copy.deepcopy(net.state_dict())  # before the batch-statistics update
-    logits, torch_grads = torch_side(net, args.np_dtype)
+    logits, torch_grads = torch_side(net, options.np_dtype)
 
     def loss(params):
         out, _ = model.apply({**variables, "params": params}, jnp.asarray(images), train=True,
@@ -441,16 +504,55 @@ def compare_deeplab(args, net, state, table: Table) -> None:
 
     grads, out = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
     table.add("forward/logits (batch stats)", *errors(out["logits"], _nhwc(logits)),
-              args.forward_tol, str(tuple(out["logits"].shape)))  # fmt: skip
+              options.forward_tol, str(tuple(out["logits"].shape)))  # fmt: skip
     net.load_state_dict(reference_state)  # the float64 run starts from the same statistics
-    add_gradient_comparison(table, args, "deeplab_largefov", grads, torch_grads, net, torch_side)
+    add_gradient_comparison(table, options, grads, torch_grads, net, torch_side)
 
 
-_RUNS: dict[str, Callable] = {
-    "seam": compare_seam,
-    "affinity": compare_affinity,
-    "deeplab_largefov": compare_deeplab,
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """How ``compare-torch`` checks one arch: ``build_reference(num_classes)`` -> the reference's
+    torch module (the checkout imported); ``run(options, net, state, table)`` adds the rows."""
+
+    build_reference: Callable[[int], object]
+    run: Callable[[CompareOptions, object, dict, Table], None]
+
+
+# The registry: one Comparison per arch whose reference module exists (hfpl_jax.models.SPECS has
+# the same names; resnet50_cam has no counterpart in the reference).
+COMPARISONS: dict[str, Comparison] = {
+    "seam": Comparison(build_seam, compare_seam),
+    "affinity": Comparison(build_affinity, compare_affinity),
+    "deeplab_largefov": Comparison(build_deeplab_largefov, compare_deeplab),
 }
+ARCHS = tuple(COMPARISONS)
+
+
+def compare(options: CompareOptions) -> Table:
+    """Run ``options.arch``'s comparison and return the table (``Table.ok``: every row passed).
+
+    Sets JAX's process-wide ``jax_default_matmul_precision`` to "highest" (and ``jax_enable_x64``
+    with ``options.float64``), seeds torch with ``options.seed`` and imports the reference.
+    """
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+    if options.float64:
+        jax.config.update("jax_enable_x64", True)
+    import torch
+
+    torch.manual_seed(options.seed)
+    import_reference(options.reference)
+    comparison = COMPARISONS[options.arch]
+    net = comparison.build_reference(options.num_classes)
+    state = load_weights(options)
+    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
+    if options.float64:
+        net.double()
+    table = Table()
+    comparison.run(options, net, state, table)
+    return table
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -466,8 +568,8 @@ def _size(text: str) -> tuple[int, int]:
     return values
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``hfpl-jax compare-torch --reference PATH [--arch seam] [--weights F] ...``."""
+def parse_options(argv: list[str] | None = None) -> CompareOptions:
+    """The ``compare-torch`` command line -> ``CompareOptions`` (exits 2 on a bad flag)."""
     parser = argparse.ArgumentParser(
         prog="hfpl-jax compare-torch",
         description="Compare hfpl-jax with the official PyTorch code on identical weights/inputs.",
@@ -487,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--conv-impl",
         default="auto",
-        choices=("auto", "xla", "dot"),
+        choices=CONV_IMPLS,
         help="how the Flax models compute convolutions (hfpl_jax.models.build's conv_impl)",
     )
     parser.add_argument(
@@ -504,39 +606,32 @@ def main(argv: list[str] | None = None) -> int:
         "rounding amplified by ill-conditioned layers (e.g. batch statistics on tiny maps)",
     )
     args = parser.parse_args(argv)
-    if args.batch < 1:
-        parser.error("--batch must be >= 1")
-    if args.conditioning and args.float64:
-        parser.error("--conditioning compares float32 with float64; drop --float64")
-    args.np_dtype = np.float64 if args.float64 else np.float32
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    import jax
+    try:
+        return CompareOptions(**{f.name: getattr(args, f.name)
+                                 for f in dataclasses.fields(CompareOptions)})  # fmt: skip
+    except ValueError as e:
+        parser.error(str(e))
 
-    jax.config.update("jax_default_matmul_precision", "highest")
-    if args.float64:
-        jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
+
+def main(argv: list[str] | None = None) -> int:
+    """``hfpl-jax compare-torch --reference PATH [--arch seam] [--weights F] ...``: prints the
+    table, writes it as JSON with ``--json``; exit status 0 when every row passes, else 1."""
+    options = parse_options(argv)
+    table = compare(options)
+    import jax
     import torch
 
-    args.jnp_dtype = jnp.float64 if args.float64 else jnp.float32
-    torch.manual_seed(args.seed)
-    import_reference(args.reference)
-    net = build_reference(args.arch, args.num_classes)
-    state = load_weights(args, args.arch)
-    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
-    if args.float64:
-        net.double()
-    table = Table()
-    _RUNS[args.arch](args, net, state, table)
-    print(f"hfpl-jax vs reference {os.path.abspath(args.reference)}: arch {args.arch}, input "
-          f"{args.batch}x{args.size[0]}x{args.size[1]}, weights "
-          f"{args.weights or f'seeded ({args.seed})'}, torch {torch.__version__}, "
-          f"jax {jax.__version__}, {'float64' if args.float64 else 'float32'}, matmul precision "
-          f"highest, conv_impl {args.conv_impl}")  # fmt: skip
+    print(f"hfpl-jax vs reference {os.path.abspath(options.reference)}: arch {options.arch}, "
+          f"input {options.batch}x{options.size[0]}x{options.size[1]}, weights "
+          f"{options.weights or f'seeded ({options.seed})'}, torch {torch.__version__}, "
+          f"jax {jax.__version__}, {'float64' if options.float64 else 'float32'}, matmul "
+          f"precision highest, conv_impl {options.conv_impl}")  # fmt: skip
     print("relative error = max|jax - torch| / max|torch| per array (worst tensor per group)")
     print(table.render())
-    if args.json:
-        atomic_io.write_json(args.json, {"arch": args.arch, "ok": table.ok, "rows": table.rows})
+    if options.json:
+        atomic_io.write_json(
+            options.json, {"arch": options.arch, "ok": table.ok, "rows": table.rows}
+        )
     print("PASS" if table.ok else "FAIL: an error exceeds its tolerance")
     return 0 if table.ok else 1
 

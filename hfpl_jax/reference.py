@@ -2,9 +2,9 @@
 
 Used by the parity tool (``hfpl_jax.parity``), the training-step benchmark and the golden-fixture
 scripts. Nothing of the reference is copied into hfpl-jax: ``import_reference`` puts the checkout
-on ``sys.path`` (with small shims for current libraries), and ``CamLossCode`` reads the CAM
-training loss from the checkout's ``train_cam_voc.py`` with ``ast`` at run time and executes it
-as is.
+on ``sys.path`` (with small shims for current libraries), ``build_seam``/``build_affinity``/
+``build_deeplab_largefov`` construct its modules, and ``CamLossCode`` reads the CAM training loss
+from the checkout's ``train_cam_voc.py`` with ``ast`` at run time and executes it as is.
 
 The loss code is the body of the training loop, ``for iter, pack in enumerate(...)``, from its
 first statement to ``loss = ...`` (the forward passes of both branches and every loss term), plus
@@ -69,6 +69,39 @@ def import_reference(reference: str, *, cpu_only: bool = True) -> str:
             sys.modules.update({"pydensecrf": stub, "pydensecrf.densecrf": stub.densecrf,
                                 "pydensecrf.utils": stub.utils})  # fmt: skip
     return reference
+
+
+def build_seam(num_classes: int = 20):
+    """The reference's SEAM: ``network/resnet38_SEAM.Net`` (20 classes, VOC) or
+    ``network/resnet38_SEAM_coco.Net`` (80, COCO). The checkout must have been imported."""
+    if num_classes == 20:
+        from network.resnet38_SEAM import Net
+    elif num_classes == 80:
+        from network.resnet38_SEAM_coco import Net
+    else:
+        raise ValueError(f"the reference SEAM has 20 (VOC) or 80 (COCO) classes, not {num_classes}")
+    return Net()
+
+
+def build_affinity(num_classes: int = 0):
+    """The reference's AffinityNet, ``network/resnet38_aff.Net`` (class-agnostic)."""
+    from network.resnet38_aff import Net
+
+    return Net()
+
+
+def build_deeplab_largefov(num_classes: int = 20):
+    """The reference's final model, ``lib/net/deeplabv1.deeplabv1`` on ResNet-38 with the final
+    stage's BN momentum 0.0003, without its ImageNet download (weights are loaded after)."""
+    from net.deeplabv1 import deeplabv1
+
+    config = types.SimpleNamespace(
+        MODEL_BACKBONE="resnet38",
+        MODEL_BACKBONE_PRETRAIN=False,
+        MODEL_NUM_CLASSES=num_classes + 1,
+        TRAIN_BN_MOM=0.0003,
+    )
+    return deeplabv1(config)
 
 
 def loop_statements(source: str, path: str) -> ast.Module:

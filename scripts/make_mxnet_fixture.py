@@ -5,7 +5,7 @@ Command that produced the committed files:
     .venv/bin/python scripts/make_mxnet_fixture.py --out tests/testdata
 
 The writer below follows ``tests/testdata/mxnet_params_layout.md`` only (it shares no code with the
-reader in ``hfpl_jax/weights.py``), so the reader is tested against an independent encoding.
+reader in ``hfpl_jax/weights/mxnet.py``), so the reader is tested against an independent encoding.
 """
 
 from __future__ import annotations

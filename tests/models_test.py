@@ -306,6 +306,41 @@ def test_build_errors():
         models.build("seam", 20, **TINY).init(jax.random.key(0), jnp.zeros((1, 32, 32)))
 
 
+def test_arch_specs_are_registered_once_and_drive_build():
+    """Each model module's SPEC is registered under its name; build uses its module and the
+    stage's BatchNorm defaults (the reference: DeepLab batch statistics, momentum 0.0003)."""
+    assert models.ARCHS == tuple(models.SPECS) == ("seam", "affinity", "deeplab_largefov",
+                                                   "resnet50_cam")  # fmt: skip
+    for name, spec in models.SPECS.items():
+        assert spec.name == name and models.get_spec(name) is spec
+        model = models.build(name, 5, **TINY)
+        assert type(model) is spec.module
+        assert (model.batch_norm, model.bn_momentum) == (spec.default_batch_norm,
+                                                         spec.default_bn_momentum)  # fmt: skip
+        assert models.FROM_SCRATCH_PATTERNS[name] == spec.from_scratch
+        assert models.NOT_TRAINING_PATTERNS[name] == spec.not_training
+    deeplab = models.get_spec("deeplab_largefov")
+    assert (deeplab.default_batch_norm, deeplab.default_bn_momentum) == ("batch", 0.9997)
+    assert (deeplab.backbone_prefix, deeplab.backbone.name) == ("backbone.", "resnet38")
+    assert models.get_spec("seam").default_batch_norm == "frozen"
+    assert not models.get_spec("affinity").has_classes  # num_classes 0 is allowed
+    models.build("affinity", 0, **TINY)
+    with pytest.raises(ValueError, match=r"arch must be one of .*'unet'"):
+        models.get_spec("unet")
+
+
+def test_build_from_config_names_the_bad_field():
+    config = {"arch": "seam", "width": 0.125, "blocks": (1, 1, 1, 1), "batch_norm": "frozen",
+              "dropout": False, "conv_init": "he_normal", "compute_dtype": "bfloat16"}  # fmt: skip
+    model = models.build_from_config(config, 5)
+    assert (model.width, model.blocks, model.dtype, model.dropout, model.conv_init) == (
+        0.125, (1, 1, 1, 1), jnp.bfloat16, False, "he_normal")  # fmt: skip
+    for key, value in (("arch", "unet"), ("batch_norm", "sync"), ("conv_init", "xavier"),
+                       ("compute_dtype", "float16")):  # fmt: skip
+        with pytest.raises(ValueError, match=rf"model\.{key} must be one of .*'{value}'"):
+            models.build_from_config({**config, key: value}, 5)
+
+
 def test_initializers_match_torch_formulas(tiny_seam):
     # fc8: xavier U(+-sqrt(6/(fan_in+fan_out))); f9: gain 4; f8_*: untruncated kaiming normal
     # N(0, 2/fan_in); backbone convs: PyTorch default U(+-1/sqrt(fan_in)). Tiny widths, same rules.

@@ -266,16 +266,51 @@ def test_seeded_arrays_are_deterministic_and_valid():
 def test_variables_npz_round_trip(tmp_path):
     variables = weights.from_torch(weights.seeded_state_dict("affinity", 0, 0, **TINY), "affinity")
     weights.save_variables(tmp_path / "v.npz", variables)
-    loaded = weights.load_variables(tmp_path / "v.npz")
+    loaded = weights.load_weights_file(tmp_path / "v.npz")
     assert jax.tree.structure(loaded) == jax.tree.structure(variables)
     assert jax.tree.all(jax.tree.map(np.array_equal, loaded, variables))
+
+
+def test_one_loader_dispatches_by_suffix(tmp_path):
+    """load_weights_file: .npz as saved, .params through the MXNet reader, .pth through from_torch
+    (strict or not); load_pretrained merges any of them; other suffixes and a missing arch or file
+    are errors naming the file."""
+    names = os.path.join(TESTDATA, "mxnet_resnet38_names_legacy.params")
+    backbone = weights.load_weights_file(names, "deeplab_largefov")
+    assert len(jax.tree.leaves(backbone)) == 191 and set(backbone["params"]) == {"backbone"}
+    with pytest.raises(ValueError, match="needs the model's arch"):
+        weights.load_weights_file(names)
+    with pytest.raises(ValueError, match="resnet50 backbone"):
+        weights.load_weights_file(names, "resnet50_cam")
+    state = weights.seeded_state_dict("seam", 0, 5, **TINY)
+    variables = weights.from_torch(state, "seam")
+    weights.save_variables(tmp_path / "seam.npz", variables)
+    loaded = weights.load_weights_file(tmp_path / "seam.npz")
+    assert jax.tree.all(jax.tree.map(np.array_equal, loaded, variables))
+    with pytest.raises(ValueError, match=r"'.*seam\.bin': expected a .params, .pth/.pt or .npz"):
+        weights.load_weights_file(tmp_path / "seam.bin", "seam")
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        weights.load_weights_file(tmp_path / "nope.pth", "seam")
+    torch = pytest.importorskip("torch")
+    backbone_only = {k: torch.from_numpy(v) for k, v in state.items() if not k.startswith("f")}
+    torch.save({"state_dict": backbone_only}, tmp_path / "backbone.pt")
+    with pytest.raises(ValueError, match="missing .*f8_3.weight.*pretrained backbone without"):
+        weights.load_weights_file(tmp_path / "backbone.pt", "seam")
+    partial = weights.load_weights_file(tmp_path / "backbone.pt", "seam", strict=False)
+    assert "fc8" not in partial["params"] and "b3" in partial["params"]
+    init = _zeros_variables("seam", 5, **TINY)
+    merged, replaced = weights.load_pretrained(init, tmp_path / "backbone.pt", "seam")
+    assert replaced == len(backbone_only)
+    np.testing.assert_array_equal(merged["params"]["b3"]["conv_branch1"]["kernel"],
+                                  variables["params"]["b3"]["conv_branch1"]["kernel"])  # fmt: skip
+    np.testing.assert_array_equal(merged["params"]["fc8"]["kernel"], 0)
 
 
 def test_convert_weights_cli(tmp_path, capsys):
     names = os.path.join(TESTDATA, "mxnet_resnet38_names_legacy.params")
     backbone = tmp_path / "backbone.npz"
     assert weights.convert_weights_main(["--input", names, "--output", str(backbone)]) == 0
-    assert len(jax.tree.leaves(weights.load_variables(backbone))) == 191
+    assert len(jax.tree.leaves(weights.load_weights_file(backbone))) == 191
     torch = pytest.importorskip("torch")
     # A partial PyTorch state dict (backbone only) + --init-seed -> complete Flax variables.
     state = weights.seeded_state_dict("seam", 0, 20, **TINY)
@@ -287,7 +322,7 @@ def test_convert_weights_cli(tmp_path, capsys):
     args = ["--input", str(tmp_path / "backbone.pth"), "--output", str(full), "--arch", "seam"]
     assert weights.convert_weights_main(args + ["--partial", "--init-seed", "0"]) == 0
     assert f"{len(backbone_only)} tensors from" in capsys.readouterr().out
-    variables = weights.load_variables(full)
+    variables = weights.load_weights_file(full)
     assert variables["params"]["fc8"]["kernel"].shape == (1, 1, 512, 21)
     np.testing.assert_array_equal(
         variables["params"]["b3"]["conv_branch1"]["kernel"],
@@ -299,7 +334,8 @@ def test_convert_weights_cli(tmp_path, capsys):
     assert len(torch.load(pth)) == 100
     again = tmp_path / "again.npz"
     weights.convert_weights_main(["--input", str(pth), "--output", str(again), "--arch", "seam"])
-    assert jax.tree.all(jax.tree.map(np.array_equal, weights.load_variables(again), variables))
+    again_variables = weights.load_weights_file(again)
+    assert jax.tree.all(jax.tree.map(np.array_equal, again_variables, variables))
     shutil.copy(pth, tmp_path / "seam.bin")
     with pytest.raises(ValueError, match="expected a .params"):
         weights.convert_weights_main(["--input", str(tmp_path / "seam.bin"), "--output", "x.npz"])

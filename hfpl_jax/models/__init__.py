@@ -12,6 +12,12 @@
 ``mutable=["batch_stats"]`` when ``batch_norm == "batch"`` and ``train``. Variables are
 ``{"params": ..., "batch_stats": ...}`` with paths mirroring the PyTorch state-dict names.
 
+Each architecture is described once by an ``ArchSpec`` (``hfpl_jax.models.spec``) defined beside
+its module (``seam.SPEC``, ...) and registered in ``SPECS``: the module class, the stage's BatchNorm
+defaults, the from-scratch and frozen parameter patterns, the PyTorch naming (backbone prefix,
+classifier) and how to read its size from a state dict. ``get_spec(arch)`` returns it; ``build``,
+``param_label``, ``hfpl_jax.weights`` and ``hfpl_jax.parity`` use it instead of testing names.
+
 Parameter groups (``param_labels``) mirror the reference's ``get_parameter_groups`` after
 ``Net.train()``: ``frozen`` (no update, no weight decay), ``weight`` (lr x1, decay), ``bias``
 (lr x2, no decay), ``scratch_weight`` (lr x10, decay) and ``scratch_bias`` (lr x20, no decay).
@@ -19,8 +25,7 @@ Parameter groups (``param_labels``) mirror the reference's ``get_parameter_group
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax
@@ -42,51 +47,28 @@ from hfpl_jax.models.layers import (
 from hfpl_jax.models.resnet38 import ResNet38
 from hfpl_jax.models.resnet50_cam import ResNet50CAM
 from hfpl_jax.models.seam import SEAM
+from hfpl_jax.models.spec import LR_MULTIPLIERS, WEIGHT_DECAY, ArchSpec, BackboneSpec
 
-ARCHS = ("seam", "affinity", "deeplab_largefov", "resnet50_cam")
-
-_MODULES = {
-    "seam": SEAM,
-    "affinity": AffinityNet,
-    "deeplab_largefov": DeepLabLargeFOV,
-    "resnet50_cam": ResNet50CAM,
-}
-# Reference defaults per stage: BN mode, and BN momentum in Flax convention (1 - PyTorch's).
-_DEFAULT_BATCH_NORM = {
-    "seam": "frozen",
-    "affinity": "frozen",
-    "deeplab_largefov": "batch",
-    "resnet50_cam": "frozen",
-}
-_DEFAULT_BN_MOMENTUM = {
-    "seam": 0.9,
-    "affinity": 0.9,
-    "deeplab_largefov": deeplab.BN_MOMENTUM,
-    "resnet50_cam": 0.9,
-}
-FROM_SCRATCH_PATTERNS = {
-    "seam": seam.FROM_SCRATCH_PATTERNS,
-    "affinity": affinity.FROM_SCRATCH_PATTERNS,
-    "deeplab_largefov": deeplab.FROM_SCRATCH_PATTERNS,
-    "resnet50_cam": resnet50_cam.FROM_SCRATCH_PATTERNS,
-}
-NOT_TRAINING_PATTERNS = {
-    "seam": seam.NOT_TRAINING_PATTERNS,
-    "affinity": affinity.NOT_TRAINING_PATTERNS,
-    "deeplab_largefov": deeplab.NOT_TRAINING_PATTERNS,
-    "resnet50_cam": resnet50_cam.NOT_TRAINING_PATTERNS,
-}
-LR_MULTIPLIERS = {"weight": 1.0, "bias": 2.0, "scratch_weight": 10.0, "scratch_bias": 20.0,
-                  "frozen": 0.0}  # fmt: skip
-WEIGHT_DECAY = {"weight": True, "bias": False, "scratch_weight": True, "scratch_bias": False,
-                "frozen": False}  # fmt: skip
+# The registry: one ArchSpec per architecture, each defined beside its model.
+SPECS: dict[str, ArchSpec] = {s.name: s for s in (seam.SPEC, affinity.SPEC, deeplab.SPEC,
+                                                  resnet50_cam.SPEC)}  # fmt: skip
+ARCHS = tuple(SPECS)
+# Views of the specs, by arch (kept for callers of the older names).
+FROM_SCRATCH_PATTERNS = {name: s.from_scratch for name, s in SPECS.items()}
+NOT_TRAINING_PATTERNS = {name: s.not_training for name, s in SPECS.items()}
+# model.compute_dtype of the configs -> the activations' dtype (parameters stay float32).
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 __all__ = [
     "ARCHS",
     "BATCH_NORM_MODES",
+    "COMPUTE_DTYPES",
     "CONV_IMPLS",
     "CONV_INITS",
+    "SPECS",
     "AffinityNet",
+    "ArchSpec",
+    "BackboneSpec",
     "DeepLabLargeFOV",
     "FROM_SCRATCH_PATTERNS",
     "LR_MULTIPLIERS",
@@ -96,16 +78,24 @@ __all__ = [
     "SEAM",
     "WEIGHT_DECAY",
     "build",
+    "build_from_config",
     "check_arch",
+    "get_spec",
     "init_variables",
     "param_label",
     "param_labels",
 ]
 
 
-def check_arch(arch: str) -> None:
-    if arch not in ARCHS:
+def get_spec(arch: str) -> ArchSpec:
+    """The registered ``ArchSpec`` of ``arch``; ``ValueError`` naming the known ones otherwise."""
+    if arch not in SPECS:
         raise ValueError(f"arch must be one of {ARCHS}, found {arch!r}")
+    return SPECS[arch]
+
+
+def check_arch(arch: str) -> None:
+    get_spec(arch)
 
 
 def build(
@@ -150,17 +140,17 @@ def build(
         training from random weights: the "torch" variance shrinks the signal at every conv when
         BN is frozen).
     """
-    check_arch(arch)
-    if not isinstance(num_classes, int) or num_classes < (0 if arch == "affinity" else 1):
+    spec = get_spec(arch)
+    if not isinstance(num_classes, int) or num_classes < (1 if spec.has_classes else 0):
         raise ValueError(f"num_classes must be a positive int, found {num_classes!r}")
     if not width > 0:
         raise ValueError(f"width must be > 0, found {width}")
-    batch_norm = _DEFAULT_BATCH_NORM[arch] if batch_norm is None else batch_norm
+    batch_norm = spec.default_batch_norm if batch_norm is None else batch_norm
     check_batch_norm_mode(batch_norm)
-    momentum = _DEFAULT_BN_MOMENTUM[arch] if bn_momentum is None else float(bn_momentum)
+    momentum = spec.default_bn_momentum if bn_momentum is None else float(bn_momentum)
     check_conv_impl(conv_impl)
     check_conv_init(conv_init)
-    return _MODULES[arch](
+    return spec.module(
         num_classes=num_classes,
         width=float(width),
         blocks=None if blocks is None else tuple(int(b) for b in blocks),
@@ -170,6 +160,33 @@ def build(
         dropout=bool(dropout),
         conv_impl=conv_impl,
         conv_init=conv_init,
+    )
+
+
+def build_from_config(model_config: Mapping[str, Any], num_classes: int) -> nn.Module:
+    """``build`` from a config's ``model`` section (``arch``, ``width``, ``blocks``,
+    ``batch_norm``, ``dropout``, ``conv_init``, ``compute_dtype``; see the stage's config schema,
+    e.g. ``hfpl_jax.train.cam_config``). A bad value raises ``ValueError`` naming its
+    ``model.<field>``, what is allowed and what was found."""
+    if model_config["arch"] not in SPECS:
+        raise ValueError(f"model.arch must be one of {ARCHS}, found {model_config['arch']!r}.")
+    for key, allowed in (
+        ("batch_norm", BATCH_NORM_MODES),
+        ("conv_init", CONV_INITS),
+        ("compute_dtype", tuple(COMPUTE_DTYPES)),
+    ):
+        if model_config[key] not in allowed:
+            raise ValueError(f"model.{key} must be one of {allowed}, found {model_config[key]!r}.")
+    blocks = model_config["blocks"]
+    return build(
+        model_config["arch"],
+        num_classes,
+        width=model_config["width"],
+        blocks=None if blocks is None else tuple(blocks),
+        dtype=COMPUTE_DTYPES[model_config["compute_dtype"]],
+        batch_norm=model_config["batch_norm"],
+        dropout=model_config["dropout"],
+        conv_init=model_config["conv_init"],
     )
 
 
@@ -197,21 +214,12 @@ def init_variables(
 
 def param_label(path: str, arch: str) -> str:
     """Optimizer group of one "/"-joined parameter path (see the module docstring)."""
-    check_arch(arch)
-    if any(re.search(p, path) for p in NOT_TRAINING_PATTERNS[arch]):
-        return "frozen"
-    scratch = any(re.search(p, path) for p in FROM_SCRATCH_PATTERNS[arch])
-    leaf = path.rsplit("/", 1)[-1]
-    if leaf == "bias":
-        return "scratch_bias" if scratch else "bias"
-    if leaf == "kernel":
-        return "scratch_weight" if scratch else "weight"
-    # Only BN scale/bias are not conv parameters, and they are matched as frozen above.
-    raise ValueError(f"param_label: unexpected parameter {path!r} for arch {arch!r}")
+    return get_spec(arch).param_label(path)
 
 
 def param_labels(params, arch: str):
     """Pytree of group labels matching ``params`` (for ``optax.multi_transform`` or masks)."""
+    spec = get_spec(arch)
     return jax.tree_util.tree_map_with_path(
-        lambda p, _: param_label("/".join(str(k.key) for k in p), arch), params
+        lambda p, _: spec.param_label("/".join(str(k.key) for k in p)), params
     )

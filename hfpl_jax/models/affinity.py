@@ -36,10 +36,8 @@ from hfpl_jax.models.layers import (
     output_dtype,
     xavier_uniform,
 )
-from hfpl_jax.models.resnet38 import BACKBONE_NOT_TRAINING_PATTERNS, resnet38_trunk
-
-FROM_SCRATCH_PATTERNS = (r"^(f8_3|f8_4|f8_5|f9)/",)
-NOT_TRAINING_PATTERNS = BACKBONE_NOT_TRAINING_PATTERNS
+from hfpl_jax.models.resnet38 import BACKBONE_NOT_TRAINING_PATTERNS, RESNET38, resnet38_trunk
+from hfpl_jax.models.spec import ArchSpec
 
 
 def pair_affinities(features, from_idx, to_idx):
@@ -101,3 +99,13 @@ class AffinityNet(ModelOptions):
         hw = x.shape[1:3]
         from_idx, to_idx = pair_indices(radius_for(hw, self.radius), hw)
         return {"features": x, "affinity": pair_affinities(x, from_idx, to_idx)}
+
+
+SPEC = ArchSpec(
+    name="affinity",
+    module=AffinityNet,
+    reference="network/resnet38_aff.py Net",
+    from_scratch=(r"^(f8_3|f8_4|f8_5|f9)/",),
+    not_training=BACKBONE_NOT_TRAINING_PATTERNS,
+    backbone=RESNET38,
+)

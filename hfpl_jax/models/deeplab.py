@@ -28,13 +28,9 @@ from hfpl_jax.models.layers import (
     output_dtype,
     use_running_average,
 )
-from hfpl_jax.models.resnet38 import ResNet38
+from hfpl_jax.models.resnet38 import RESNET38, ResNet38
+from hfpl_jax.models.spec import ArchSpec
 
-# lib/net/deeplabv1.py: from_scratch_layers = [conv_fov, conv_fov2, cls_conv]; not_training = []
-# (and the backbone's [conv1a] is never applied because net.train() is never called); BN affine
-# parameters are never in an optimizer group.
-FROM_SCRATCH_PATTERNS = (r"^(conv_fov|conv_fov2|cls_conv)/",)
-NOT_TRAINING_PATTERNS = (r"(^|/)bn[^/]*/(scale|bias)$",)
 BN_MOMENTUM = 0.9997  # PyTorch momentum 0.0003 (TRAIN_BN_MOM and lib/net/backbone/resnet38d.bn_mom)
 
 
@@ -67,3 +63,18 @@ class DeepLabLargeFOV(ModelOptions):
                              name="cls_conv")  # fmt: skip
         logits = cls_conv(x).astype(output_dtype(self.dtype))
         return {"logits": resize_bilinear(logits, images.shape[1:3], align_corners=True)}
+
+
+SPEC = ArchSpec(
+    name="deeplab_largefov",
+    module=DeepLabLargeFOV,
+    reference="lib/net/deeplabv1.py deeplabv1 (backbone lib/net/backbone/resnet38d.py)",
+    # from_scratch_layers = [conv_fov, conv_fov2, cls_conv]; not_training = [] (and the backbone's
+    # [conv1a] is never applied because net.train() is never called); BN affine parameters are
+    # never in an optimizer group.
+    from_scratch=(r"^(conv_fov|conv_fov2|cls_conv)/",),
+    not_training=(r"(^|/)bn[^/]*/(scale|bias)$",),
+    backbone=RESNET38,
+    backbone_prefix="backbone.",
+    classifier="cls_conv.weight",
+)

@@ -26,6 +26,8 @@ number of blocks of the stages b2, b3, b4, b5 (full model (3, 3, 6, 3)); b6, b7 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -43,6 +45,7 @@ from hfpl_jax.models.layers import (
     scaled_channels,
     use_running_average,
 )
+from hfpl_jax.models.spec import BackboneSpec
 
 FULL_BLOCKS = (3, 3, 6, 3)
 
@@ -188,3 +191,29 @@ class ResNet38(ModelOptions):
     @nn.compact
     def __call__(self, x, train: bool = False) -> dict:
         return resnet38_trunk(x, train=train, **self.model_options())
+
+
+_BLOCK_NAME = re.compile(r"^b(\d)(?:_(\d+))?\.")
+
+
+def size_from_torch_names(arrays: Mapping[str, Any], prefix: str = "") -> dict:
+    """``{"width", "blocks"}`` of the ResNet-38 whose PyTorch names start with ``prefix``.
+
+    ``width`` = channels of ``bn7`` / 4096 (the widest layer fixes it best: from the 64-channel
+    stem, width 0.1 (6 channels) would read as 0.09375 and give b2 12 channels where the model has
+    round(12.8) = 13), else of ``conv1a`` / 64; ``blocks`` counts ``b{2..5}[_k]`` per stage.
+    """
+    stem = prefix + "conv1a.weight"
+    if stem not in arrays:
+        raise ValueError(f"missing {stem!r} (the ResNet-38 stem)")
+    widest = prefix + "bn7.weight"
+    width = arrays[widest].shape[0] / 4096 if widest in arrays else arrays[stem].shape[0] / 64.0
+    counts: dict[int, int] = {}
+    for name in arrays:
+        m = _BLOCK_NAME.match(name[len(prefix) :]) if name.startswith(prefix) else None
+        if m:
+            counts[int(m[1])] = max(counts.get(int(m[1]), 0), int(m[2] or 0) + 1)
+    return {"width": width, "blocks": tuple(counts.get(s, 0) for s in (2, 3, 4, 5))}
+
+
+RESNET38 = BackboneSpec(name="resnet38", full_blocks=FULL_BLOCKS, infer_size=size_from_torch_names)

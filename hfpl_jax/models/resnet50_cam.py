@@ -19,13 +19,17 @@ Bottleneck: ``y = relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + short
 Outputs: ``logits`` ``(N, h, w, K + 1)`` at OS 16 (h = ceil(H / 16) for the usual sizes) and
 ``cam``, ``logits`` upsampled to the input size with align_corners=True.
 
-Training defaults (``FROM_SCRATCH_PATTERNS`` / ``NOT_TRAINING_PATTERNS``): the classifier is new
-(lr x10); the stem (conv1, bn1) and layer1 are frozen, as is every BN affine parameter, with BN on
+Training defaults (``SPEC.from_scratch`` / ``SPEC.not_training``): the classifier is new (lr
+x10); the stem (conv1, bn1) and layer1 are frozen, as is every BN affine parameter, with BN on
 running statistics ("frozen") as in the ResNet-38 CAM stage. Weights import from a torchvision
 ``resnet50`` state dict (``hfpl_jax.weights.from_torch(sd, "resnet50_cam")``; ``fc.*`` dropped).
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -43,17 +47,11 @@ from hfpl_jax.models.layers import (
     use_running_average,
     xavier_uniform,
 )
+from hfpl_jax.models.spec import ArchSpec, BackboneSpec
 
 FULL_BLOCKS = (3, 4, 6, 3)
 STRIDES = (1, 2, 2, 1)
 EXPANSION = 4
-
-FROM_SCRATCH_PATTERNS = (r"^classifier/",)
-NOT_TRAINING_PATTERNS = (
-    r"^(conv1|bn1|layer1)/",
-    r"(^|/)bn\d*/(scale|bias)$",
-    r"/downsample/1/(scale|bias)$",
-)
 
 
 class Downsample(LayerOptions):
@@ -147,3 +145,43 @@ class ResNet50CAM(ModelOptions):
         logits = classifier(x).astype(output_dtype(self.dtype))
         cam = resize_bilinear(logits, images.shape[1:3], align_corners=True)
         return {"cam": cam, "logits": logits}
+
+
+_BLOCK_NAME = re.compile(r"^layer(\d)\.(\d+)\.")
+
+
+def size_from_torch_names(arrays: Mapping[str, Any], prefix: str = "") -> dict:
+    """``{"width", "blocks"}`` of a torchvision-layout ResNet-50 state dict (names after
+    ``prefix``): ``width`` = channels of ``layer4.0.conv3`` / 2048, else of ``conv1`` / 64;
+    ``blocks`` counts ``layer{1..4}.{i}`` per stage."""
+    stem = prefix + "conv1.weight"
+    if stem not in arrays:
+        raise ValueError(f"missing {stem!r} (the ResNet-50 stem)")
+    widest = prefix + "layer4.0.conv3.weight"
+    width = arrays[widest].shape[0] / 2048 if widest in arrays else arrays[stem].shape[0] / 64.0
+    counts: dict[int, int] = {}
+    for name in arrays:
+        m = _BLOCK_NAME.match(name[len(prefix) :]) if name.startswith(prefix) else None
+        if m:
+            counts[int(m[1])] = max(counts.get(int(m[1]), 0), int(m[2]) + 1)
+    return {"width": width, "blocks": tuple(counts.get(s, 0) for s in (1, 2, 3, 4))}
+
+
+RESNET50 = BackboneSpec(name="resnet50", full_blocks=FULL_BLOCKS, infer_size=size_from_torch_names)
+
+SPEC = ArchSpec(
+    name="resnet50_cam",
+    module=ResNet50CAM,
+    reference="torchvision's resnet50 with a CAM classifier, as IRN's net/resnet50_cam.py "
+    "(no counterpart in HFPL)",
+    from_scratch=(r"^classifier/",),
+    not_training=(
+        r"^(conv1|bn1|layer1)/",
+        r"(^|/)bn\d*/(scale|bias)$",
+        r"/downsample/1/(scale|bias)$",
+    ),
+    backbone=RESNET50,
+    classifier="classifier.weight",
+    ignored_torch_names=("fc.weight", "fc.bias"),  # torchvision's ImageNet classifier
+    pretrained_torch_is_partial=True,
+)

@@ -35,12 +35,8 @@ from hfpl_jax.models.layers import (
     output_dtype,
     xavier_uniform,
 )
-from hfpl_jax.models.resnet38 import BACKBONE_NOT_TRAINING_PATTERNS, resnet38_trunk
-
-# Reference: from_scratch_layers = [f8_3, f8_4, f9, fc8] (lr x10, weight decay on);
-# not_training = [conv1a, b2, b2_1, b2_2] plus every BN affine parameter.
-FROM_SCRATCH_PATTERNS = (r"^(fc8|f8_3|f8_4|f9)/",)
-NOT_TRAINING_PATTERNS = BACKBONE_NOT_TRAINING_PATTERNS
+from hfpl_jax.models.resnet38 import BACKBONE_NOT_TRAINING_PATTERNS, RESNET38, resnet38_trunk
+from hfpl_jax.models.spec import ArchSpec
 
 
 def _safe_norm(x, axis):
@@ -123,3 +119,16 @@ class SEAM(ModelOptions):
             "cam_rv": resize_bilinear(cam_rv, out_hw, align_corners=True),
             "logits": logits,
         }
+
+
+SPEC = ArchSpec(
+    name="seam",
+    module=SEAM,
+    reference="network/resnet38_SEAM.py Net (COCO, 80 classes: network/resnet38_SEAM_coco.py)",
+    # from_scratch_layers = [f8_3, f8_4, f9, fc8] (lr x10, weight decay on); not_training =
+    # [conv1a, b2, b2_1, b2_2] plus every BN affine parameter.
+    from_scratch=(r"^(fc8|f8_3|f8_4|f9)/",),
+    not_training=BACKBONE_NOT_TRAINING_PATTERNS,
+    backbone=RESNET38,
+    classifier="fc8.weight",
+)

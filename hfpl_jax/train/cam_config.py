@@ -72,19 +72,18 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from hfpl_jax.models import seam
 from hfpl_jax.train.cam_loss import LossSettings
 
-# Parameter groups of the SEAM network (spec §1.9, §2.1): conv1a and b2* are frozen, every BN
-# parameter is frozen (BN runs in eval mode), and the four head convs train at 10x (biases, none of
-# which exist in SEAM, would get 2x/20x and no decay, like the reference's groups 1 and 3).
-SEAM_FROM_SCRATCH = r"^(fc8|f8_3|f8_4|f9)/"
-SEAM_FROZEN = (r"^(conv1a|b2|b2_1|b2_2)/", r"(^|/)bn[^/]*/")
-SEAM_LR_MULTS = (
-    (SEAM_FROM_SCRATCH + r"(.*/)?bias$", 20.0),
-    (SEAM_FROM_SCRATCH, 10.0),
-    (r"(^|/)bias$", 2.0),
-)
-BIAS_NO_DECAY = ((r"(^|/)bias$", 0.0),)
+# Parameter groups of the SEAM network, from its ArchSpec (the reference's
+# network/resnet38_SEAM.Net.get_parameter_groups): conv1a, b2* and every BN parameter are frozen
+# (BN runs in eval mode), and the new head convs train at 10x (biases, none of which exist in
+# SEAM, would get 2x/20x and no decay, like the reference's groups 1 and 3).
+_SEAM_RULES = seam.SPEC.optimizer_rules()
+SEAM_FROM_SCRATCH = seam.SPEC.from_scratch
+SEAM_FROZEN = _SEAM_RULES["frozen"]
+SEAM_LR_MULTS = _SEAM_RULES["lr_mults"]
+BIAS_NO_DECAY = _SEAM_RULES["wd_mults"]
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -28,7 +28,6 @@ from hfpl_jax import parallel
 from hfpl_jax.train.train_state import TrainState, base_key_data, checkpoint_items
 
 __all__ = [
-    "COMPUTE_DTYPES",
     "abstract_checkpoint_items",
     "abstract_train_state",
     "abstract_variables",
@@ -40,36 +39,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
-    """``hfpl_jax.models.build(config.model.arch, num_classes, ...)`` from ``config.model``.
+    """``hfpl_jax.models.build_from_config(config.model, num_classes)``.
 
     Raises:
-      ValueError: ``model.batch_norm``, ``model.conv_init`` or ``model.compute_dtype`` is not one
-        of its allowed values (the message names the key).
+      ValueError: ``model.arch``, ``model.batch_norm``, ``model.conv_init`` or
+        ``model.compute_dtype`` is not one of its allowed values (the message names the key).
     """
     from hfpl_jax import models  # noqa: PLC0415
 
-    for key, allowed in (
-        ("batch_norm", models.BATCH_NORM_MODES),
-        ("conv_init", models.CONV_INITS),
-        ("compute_dtype", tuple(COMPUTE_DTYPES)),
-    ):
-        if config.model[key] not in allowed:
-            raise ValueError(f"model.{key} must be one of {allowed}, found {config.model[key]!r}.")
-    blocks = config.model.blocks
-    return models.build(
-        config.model.arch,
-        num_classes,
-        width=config.model.width,
-        blocks=None if blocks is None else tuple(blocks),
-        dtype=COMPUTE_DTYPES[config.model.compute_dtype],
-        batch_norm=config.model.batch_norm,
-        dropout=config.model.dropout,
-        conv_init=config.model.conv_init,
-    )
+    return models.build_from_config(config.model, num_classes)
 
 
 def load_init_weights(path: str, arch: str, variables: dict) -> dict:
