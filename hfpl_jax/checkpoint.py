@@ -64,7 +64,7 @@ __all__ = [
     "verify_step",
 ]
 
-logger = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 CHECKPOINT_SUBDIR = "checkpoints"
 CORRUPT_SUBDIR = "corrupt_checkpoints"
@@ -187,7 +187,7 @@ def verify_step(directory: epath.PathLike, step: int, items: Sequence[str] | Non
     """
     step_dir = epath.Path(directory) / str(step)
     if not checksums.has_manifest(step_dir):
-        logger.warning(
+        _logger.warning(
             "checkpoint %d in %s has no %s (written by an older hfpl-jax, or the run stopped "
             "right after saving it): its files cannot be verified.",
             step,
@@ -201,7 +201,7 @@ def verify_step(directory: epath.PathLike, step: int, items: Sequence[str] | Non
     except checksums.ChecksumError as error:
         raise CorruptCheckpointError(step, error) from None
     if unlisted:
-        logger.warning("checkpoint %d: files not in its manifest (ignored): %s", step, unlisted)
+        _logger.warning("checkpoint %d: files not in its manifest (ignored): %s", step, unlisted)
     return True
 
 
@@ -370,15 +370,15 @@ class CheckpointManager:
             try:
                 verify_step(self.directory, step)
             except CorruptCheckpointError as error:
-                logger.error("%s", error)
+                _logger.error("%s", error)
                 corrupt.append(step)
                 errors.append(error)
                 continue
             for bad in corrupt:
-                logger.error("moved corrupt checkpoint %d to %s", bad, self._set_aside(bad))
+                _logger.error("moved corrupt checkpoint %d to %s", bad, self._set_aside(bad))
             if corrupt:
                 self._manager.reload()
-                logger.warning(
+                _logger.warning(
                     "resuming from checkpoint %d, the newest intact one: the steps after it "
                     "(up to %d) are trained again.",
                     step,
@@ -464,12 +464,12 @@ def _intact_step(workdir: str, step: int | None, items: Sequence[str]) -> tuple[
         try:
             verify_step(directory, candidate, items)
         except CorruptCheckpointError as error:
-            logger.warning("%s", error)
+            _logger.warning("%s", error)
             corrupt.append(candidate)
             errors.append(error)
             continue
         if corrupt:
-            logger.warning(
+            _logger.warning(
                 "reading checkpoint %d, the newest intact one (corrupt: %s)", candidate, corrupt
             )
         return directory, candidate

@@ -43,6 +43,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "interpolation_matrix",
+    "linear_taps",
     "normalization_table",
     "normalize_image",
     "normalize_image_float32",

@@ -39,6 +39,7 @@ __all__ = [
     "num_examples",
     "open_split",
     "raw_source",
+    "resolve_data_dir",
     "shapes_params",
 ]
 

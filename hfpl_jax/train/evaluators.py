@@ -317,13 +317,14 @@ class ClassificationEvaluator:
     def _load(self, index: int) -> dict[str, np.ndarray]:
         from PIL import Image  # noqa: PLC0415
 
-        from hfpl_jax.data import sources, transforms  # noqa: PLC0415
+        from hfpl_jax import image_ops  # noqa: PLC0415
+        from hfpl_jax.data import sources  # noqa: PLC0415
 
         example = self.source[index]
         image = sources.decode_image(example["image"]).convert("RGB")
         image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
         return {
-            "image": transforms.normalize_uint8(np.asarray(image)),
+            "image": image_ops.normalize_image(np.asarray(image)),
             "labels": np.asarray(example["labels"], np.float32),
         }
 
